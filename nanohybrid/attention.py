@@ -1,0 +1,102 @@
+"""Causal self-attention: global or sliding window, GQA/MQA, RoPE, meta-token prefix, KV sharing.
+
+References
+  Attention       Vaswani et al. 2017: softmax(Q Kᵀ / sqrt(hd)) V with a causal mask.
+  GQA / MQA       Ainslie et al. 2023 / Shazeer 2019: consecutive query heads share one key/value head.
+  Sliding window  Mistral, Griffin's local attention, Hymba's SWA layers. Conventions differ by one:
+                  "keys" (Mistral, transformers' RecurrentGemma, Samba): a query sees W keys, itself
+                  included (q - k < W); "distance" (Hymba, DeepMind's RecurrentGemma): q - k <= W.
+  Meta tokens     Hymba §2.3: the first n_meta stream entries stay visible to every query, window or not.
+  KV sharing      Hymba §2.2 (after Brandon et al. 2024): a consumer layer has no K/V projection and
+                  attends to its producer's keys and values (RoPE already applied), with its own mask.
+
+Shape glossary
+  b batch   l queries in this call   s keys   h query heads   h_kv key/value heads   d d_model
+  hd query/key head dim   hd_v value head dim (2·hd in Hymba)
+"""
+
+import torch
+import torch.nn as nn
+
+from .cache import ForwardContext, KVCache
+from .config import LayerSpec, ModelConfig
+from .layers import RotaryEmbedding
+
+
+def attention_mask(query_index, key_index, max_distance: int | None, n_meta: int) -> torch.Tensor:
+    """query_index (b, l), key_index (b, s): stream indices -> (b, 1, l, s), True where the key is visible."""
+    query, key = query_index[:, :, None], key_index[:, None, :]
+    visible = key <= query
+    if max_distance is not None:
+        visible = visible & ((query - key <= max_distance) | (key < n_meta))
+    return visible[:, None]
+
+
+def scaled_dot_product_attention(q, k, v, mask, scale: float) -> torch.Tensor:
+    """q (b, h, l, hd), k (b, h_kv, s, hd), v (b, h_kv, s, hd_v), mask (b, 1, l, s) -> (b, h, l, hd_v).
+
+    Explicit scores, mask and softmax (in fp32), so every step can be printed and checked.
+    """
+    group = q.shape[1] // k.shape[1]  # query heads per key/value head
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = torch.einsum("bhld,bhsd->bhls", q.float(), k.float()) * scale
+    probabilities = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    return torch.einsum("bhls,bhsd->bhld", probabilities, v.float()).to(v.dtype)
+
+
+class AttentionCore(nn.Module):
+    """Everything between the projections: RoPE, KV cache, KV sharing, the mask and the softmax."""
+
+    def __init__(self, config: ModelConfig, spec: LayerSpec, layer_idx: int):
+        super().__init__()
+        self.layer_idx, self.kv_producer = layer_idx, spec.kv_producer
+        head_dim = config.qk_head_dim
+        rotary_dim = int(config.rotary_fraction * head_dim)
+        self.rope = RotaryEmbedding(rotary_dim, config.rope_theta) if rotary_dim else None
+        window = spec.sliding_window
+        self.max_distance = None if window is None else window - 1 if config.window_convention == "keys" else window
+        self.scale = head_dim**-0.5
+
+    def _rotate(self, x, positions):
+        return x if self.rope is None else self.rope(x, positions)
+
+    def forward(self, q, k, v, ctx: ForwardContext) -> torch.Tensor:
+        """q (b, l, h, hd); k (b, l, h_kv, hd), v (b, l, h_kv, hd_v), both None for a consumer -> (b, l, h·hd_v)."""
+        q = self._rotate(q.transpose(1, 2), ctx.positions)
+        if self.kv_producer is not None:
+            k, v, key_index = ctx.shared_kv[self.kv_producer]
+        else:
+            k, v, key_index = self._rotate(k.transpose(1, 2), ctx.positions), v.transpose(1, 2), ctx.index
+            if ctx.cache is not None:
+                cache = ctx.state((self.layer_idx, "kv"))
+                if cache is None:
+                    cache = KVCache(k[:, :, :0], v[:, :, :0], key_index[:, :0])
+                    ctx.save((self.layer_idx, "kv"), cache)
+                k, v, key_index = cache.extend(k, v, key_index, self.max_distance, ctx.n_meta)
+            ctx.shared_kv[self.layer_idx] = (k, v, key_index)
+        mask = attention_mask(ctx.index, key_index, self.max_distance, ctx.n_meta)
+        out = scaled_dot_product_attention(q, k, v, mask, self.scale)  # (b, h, l, hd_v)
+        return out.transpose(1, 2).flatten(2)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with its own q/k/v/o projections (Llama, Mistral, Jamba, Samba, Griffin)."""
+
+    def __init__(self, config: ModelConfig, spec: LayerSpec, layer_idx: int):
+        super().__init__()
+        heads, kv_heads, head_dim = config.n_heads, config.n_kv_heads, config.qk_head_dim
+        self.shape_q, self.shape_kv = (heads, head_dim), (kv_heads, head_dim)
+        self.q_proj = nn.Linear(config.d_model, heads * head_dim, bias=config.attention_bias)
+        if spec.kv_producer is None:
+            self.k_proj = nn.Linear(config.d_model, kv_heads * head_dim, bias=config.attention_bias)
+            self.v_proj = nn.Linear(config.d_model, kv_heads * head_dim, bias=config.attention_bias)
+        self.core = AttentionCore(config, spec, layer_idx)
+        self.o_proj = nn.Linear(heads * head_dim, config.d_model, bias=config.attention_out_bias)
+
+    def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # (b, l, d) -> (b, l, d)
+        q = self.q_proj(hidden).unflatten(-1, self.shape_q)
+        k = v = None
+        if self.core.kv_producer is None:
+            k = self.k_proj(hidden).unflatten(-1, self.shape_kv)
+            v = self.v_proj(hidden).unflatten(-1, self.shape_kv)
+        return self.o_proj(self.core(q, k, v, ctx))

@@ -1,0 +1,291 @@
+"""ModelConfig, the layer pattern of every architecture, and the named presets `ARCH-SIZE`.
+
+One config describes every model. The architecture name fixes the layer pattern (which mixer each
+block uses, whether it has an MLP or a mixture of experts, which attention layers use a sliding
+window and which share keys and values); the other fields set the sizes. Sources for every pattern
+are ../shared/papers/HYMBA.md (Hymba) and ARCHITECTURES.md (the others).
+
+    hymba       hybrid head in every block; global attention in the first, middle and last blocks,
+                sliding window elsewhere, adjacent sliding-window blocks share K/V; SwiGLU MLP
+    jamba       attention where i % 8 == 4, Mamba-1 (inner norms) elsewhere; MoE where i % 2 == 1
+    griffin     (RG-LRU, RG-LRU, local MQA) repeated; GeGLU MLP          hawk: RG-LRU only
+    samba       Mamba-1 on even blocks, sliding-window attention on odd blocks; SwiGLU MLP
+    mamba2      Mamba-2 blocks, no MLP                                    mamba2-ffn: Mamba-2 + MLP
+    mamba       Mamba-1 blocks, no MLP                                    llama3: attention + MLP
+"""
+
+import math
+from dataclasses import dataclass, fields, replace
+
+ARCHITECTURES = ("hymba", "jamba", "griffin", "hawk", "samba", "mamba2", "mamba2-ffn", "llama3", "mamba")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One block: x += mixer(norm(x)); then x += ffn(norm(x)) unless ffn is "none"."""
+
+    mixer: str  # "attention" | "hymba" | "mamba" | "mamba2" | "rglru"
+    ffn: str  # "mlp" | "moe" | "none"
+    sliding_window: int | None = None  # None: global attention
+    kv_producer: int | None = None  # a KV consumer reads this layer's keys and values
+
+
+@dataclass
+class ModelConfig:
+    arch: str
+    vocab_size: int = 320
+    d_model: int = 64
+    n_layers: int = 4
+    max_seq_len: int = 1024  # longest input in tokens, meta tokens not counted
+    init_std: float = 0.02
+    # Norms, embedding and output head.
+    norm_eps: float = 1e-5
+    norm_offset: bool = False  # Gemma RMSNorm: scale by (1 + w)
+    tie_embeddings: bool = True
+    scale_embeddings: bool = False  # multiply embeddings by sqrt(d_model) rounded to bf16 (RecurrentGemma)
+    logit_softcap: float | None = None  # cap * tanh(logits / cap) (RecurrentGemma: 30)
+    # Attention.
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    head_dim: int | None = None  # query/key head dim; default d_model // n_heads
+    rope_theta: float = 10000.0
+    rotary_fraction: float = 1.0  # share of each head's channels that RoPE rotates; 0 = no RoPE (Jamba)
+    sliding_window: int | None = None  # window of the sliding-window layers (all attention layers for llama3)
+    window_convention: str = "keys"  # "keys": a query sees W keys incl. itself; "distance": q - k <= W (W + 1 keys)
+    attention_bias: bool = False  # bias on the q/k/v projections
+    attention_out_bias: bool = False  # bias on the output projection (Griffin)
+    share_kv: bool = True  # Hymba: adjacent sliding-window layers share keys and values
+    # MLP.
+    d_ff: int = 256
+    mlp_activation: str = "silu"  # "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+    mlp_bias: bool = False
+    # Mamba-1 and Mamba-2.
+    ssm_expand: int = 2
+    d_state: int = 16
+    d_conv: int = 4
+    dt_rank: int | None = None  # Mamba-1; default ceil(d_model / 16)
+    ssm_inner_norms: bool = False  # RMSNorm on dt, B and C inside Mamba-1 (Jamba, Hymba)
+    mamba2_head_dim: int = 64
+    mamba2_n_groups: int = 1
+    chunk_size: int = 256
+    # RG-LRU.
+    lru_width: int | None = None  # default d_model
+    # Mixture of experts.
+    n_experts: int = 0
+    experts_per_token: int = 2
+    router_aux_loss_coef: float = 0.001
+    # Meta tokens.
+    n_meta_tokens: int = 0
+
+    def __post_init__(self):
+        self.validate()
+
+    # Derived sizes.
+    @property
+    def qk_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def d_inner(self) -> int:
+        return self.ssm_expand * self.d_model
+
+    @property
+    def mamba_dt_rank(self) -> int:
+        return self.dt_rank or math.ceil(self.d_model / 16)
+
+    @property
+    def mamba2_n_heads(self) -> int:
+        return self.d_inner // self.mamba2_head_dim
+
+    @property
+    def rglru_width(self) -> int:
+        return self.lru_width or self.d_model
+
+    @property
+    def max_attention_distance(self) -> int | None:
+        """Largest q - k a sliding-window query may see (meta tokens aside)."""
+        if self.sliding_window is None:
+            return None
+        return self.sliding_window - 1 if self.window_convention == "keys" else self.sliding_window
+
+    @property
+    def layers(self) -> tuple[LayerSpec, ...]:
+        return layer_pattern(self)
+
+    def validate(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"invalid {self.arch} config: {message}")
+
+        need(self.arch in ARCHITECTURES, f"unknown architecture; choose one of {', '.join(ARCHITECTURES)}")
+        need(self.n_layers >= 1 and self.d_model >= 1 and self.vocab_size >= 1, "sizes must be positive")
+        need(self.window_convention in ("keys", "distance"), 'window_convention must be "keys" or "distance"')
+        need(self.mlp_activation in ("silu", "gelu_tanh"), 'mlp_activation must be "silu" or "gelu_tanh"')
+        specs = self.layers
+        mixers = {spec.mixer for spec in specs}
+        if mixers & {"attention", "hymba"}:
+            need(self.d_model % self.n_heads == 0 or self.head_dim is not None,
+                 f"n_heads={self.n_heads} must divide d_model={self.d_model} (or set head_dim)")
+            need(self.n_heads % self.n_kv_heads == 0, f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+            rotary = self.rotary_fraction * self.qk_head_dim
+            need(rotary == int(rotary) and int(rotary) % 2 == 0,
+                 f"rotary_fraction={self.rotary_fraction} of head dim {self.qk_head_dim} must be an even number of channels")
+        if any(spec.sliding_window is not None for spec in specs) or self.arch in ("hymba", "samba", "griffin"):
+            need(self.sliding_window is not None and self.sliding_window >= 1, f"{self.arch} needs sliding_window >= 1")
+        if "hymba" in mixers:
+            need(self.d_inner % self.n_heads == 0, f"n_heads={self.n_heads} must divide d_inner={self.d_inner} (value heads)")
+            need(self.head_dim is None, "hymba derives head_dim = d_model / n_heads")
+        if "mamba2" in mixers:
+            need(self.d_inner % self.mamba2_head_dim == 0,
+                 f"mamba2_head_dim={self.mamba2_head_dim} must divide d_inner={self.d_inner}")
+            need(self.mamba2_n_heads % self.mamba2_n_groups == 0,
+                 f"mamba2_n_groups={self.mamba2_n_groups} must divide the {self.mamba2_n_heads} Mamba-2 heads")
+            need(self.chunk_size >= 1, "chunk_size must be >= 1")
+        if "rglru" in mixers:
+            need(self.rglru_width % self.n_heads == 0, f"n_heads={self.n_heads} must divide lru_width={self.rglru_width}")
+        if any(spec.ffn == "moe" for spec in specs):
+            need(1 <= self.experts_per_token <= self.n_experts,
+                 f"experts_per_token={self.experts_per_token} must be between 1 and n_experts={self.n_experts}")
+        need(self.n_meta_tokens >= 0, "n_meta_tokens must be >= 0")
+
+
+def _hymba_layers(config: ModelConfig) -> list[LayerSpec]:
+    """Global attention in the first, middle and last layers; the sliding-window layers between them
+    are grouped in pairs (a triple leads an odd run) and share the first layer's keys and values.
+    32 layers give globals 0, 15, 31 and groups [1,2] ... [13,14], [16,17,18], [19,20] ... [29,30] (HYMBA.md §3).
+    """
+    n = config.n_layers
+    global_layers = sorted({0, (n - 1) // 2, n - 1})
+    specs = [LayerSpec("hymba", "mlp", None if i in global_layers else config.sliding_window) for i in range(n)]
+    if not config.share_kv:
+        return specs
+    edges = [-1, *global_layers, n]
+    for start, stop in zip(edges[:-1], edges[1:]):
+        run = list(range(start + 1, stop))
+        lead = 3 if len(run) % 2 else 2  # an odd run starts with a triple
+        groups = [run[:lead]] + [run[i : i + 2] for i in range(lead, len(run), 2)]
+        for group in groups:
+            for consumer in group[1:]:
+                specs[consumer] = replace(specs[consumer], kv_producer=group[0])
+    return specs
+
+
+def layer_pattern(config: ModelConfig) -> tuple[LayerSpec, ...]:
+    window, n = config.sliding_window, config.n_layers
+    if config.arch == "hymba":
+        return tuple(_hymba_layers(config))
+    patterns = {
+        "llama3": lambda i: LayerSpec("attention", "mlp", window),
+        "mamba": lambda i: LayerSpec("mamba", "none"),
+        "mamba2": lambda i: LayerSpec("mamba2", "none"),
+        "mamba2-ffn": lambda i: LayerSpec("mamba2", "mlp"),
+        "samba": lambda i: LayerSpec("mamba", "mlp") if i % 2 == 0 else LayerSpec("attention", "mlp", window),
+        "griffin": lambda i: LayerSpec("attention", "mlp", window) if i % 3 == 2 else LayerSpec("rglru", "mlp"),
+        "hawk": lambda i: LayerSpec("rglru", "mlp"),
+        "jamba": lambda i: LayerSpec("attention" if i % 8 == 4 else "mamba", "moe" if i % 2 == 1 else "mlp"),
+    }
+    return tuple(patterns[config.arch](i) for i in range(n))
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets, named ARCH-SIZE. What an architecture's published form fixes comes first; the sizes
+# come from SIZES, and ARCH_SIZES adjusts the few sizes an architecture needs for its pattern or to
+# reach the same parameter count as its peers.
+
+ARCH_DEFAULTS = {
+    "hymba": dict(ssm_inner_norms=True, window_convention="distance", norm_eps=1e-6, n_meta_tokens=128),
+    "jamba": dict(ssm_inner_norms=True, rotary_fraction=0.0, norm_eps=1e-6, tie_embeddings=False),
+    "griffin": dict(norm_offset=True, mlp_activation="gelu_tanh", mlp_bias=True, attention_out_bias=True,
+                    n_kv_heads=1, rotary_fraction=0.5, window_convention="distance", norm_eps=1e-6),
+    "hawk": dict(norm_offset=True, mlp_activation="gelu_tanh", mlp_bias=True, norm_eps=1e-6),
+    "samba": dict(),
+    "mamba2": dict(),
+    "mamba2-ffn": dict(),
+    "llama3": dict(rope_theta=500000.0),
+    "mamba": dict(),
+}
+
+SIZES = {
+    # Tests and lessons: every pattern feature (window wrap, KV-sharing pairs and triples, MoE) at < 1M params.
+    "tiny": dict(vocab_size=320, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, d_state=16,
+                 sliding_window=8, mamba2_head_dim=16, mamba2_n_groups=2, chunk_size=8, n_experts=4,
+                 max_seq_len=512),
+    # The CPU default run and the CPU comparison: about 5M params, byte-level vocabulary, 6 layers.
+    "small": dict(vocab_size=320, d_model=256, n_layers=6, n_heads=4, n_kv_heads=2, d_ff=768, d_state=16,
+                  sliding_window=64, mamba2_head_dim=32, chunk_size=64, n_experts=4, max_seq_len=2048),
+    # The one-GPU reproduction: about 100M params with the SmolLM tokenizer (vocab 49152), 12 layers,
+    # SmolLM-135M's width and heads (576, 9 query / 3 KV heads), the window of Hymba's 300M runs (256).
+    "100m": dict(vocab_size=49152, d_model=576, n_layers=12, n_heads=9, n_kv_heads=3, d_ff=2944,
+                 d_state=16, sliding_window=256, chunk_size=256, n_experts=8, max_seq_len=4096),
+}
+
+# Per-architecture sizes. In `small` and `100m`, the five apples-to-apples architectures (hymba, mamba2,
+# mamba2-ffn, llama3, samba) have the same depth and the same parameter count within 2%: the MLP width
+# (or, for Mamba-2 without MLP, the model width) makes up for what the mixers differ by.
+ARCH_SIZES = {
+    ("hymba", "tiny"): dict(n_layers=8, n_meta_tokens=8),  # globals 0, 3, 7; KV pair [1, 2], triple [4, 5, 6]
+    ("jamba", "tiny"): dict(n_layers=8, d_ff=64),  # one Jamba block: attention at 4, MoE on odd layers
+    ("griffin", "tiny"): dict(n_layers=3, d_ff=192),  # (RG-LRU, RG-LRU, MQA); MLP branch 3·d
+    ("hawk", "tiny"): dict(d_ff=192),
+    ("samba", "tiny"): dict(n_layers=4),
+    ("hymba", "small"): dict(d_model=192, n_heads=3, n_kv_heads=1, d_ff=896, n_meta_tokens=32),
+    ("mamba2", "small"): dict(d_model=352, d_state=64),
+    ("mamba2-ffn", "small"): dict(d_ff=512, d_state=64),
+    ("llama3", "small"): dict(d_ff=832),
+    ("samba", "small"): dict(d_ff=640),
+    ("jamba", "small"): dict(n_layers=8, d_ff=128),
+    ("mamba", "small"): dict(d_model=352),
+    ("hymba", "100m"): dict(d_ff=1920),
+    ("mamba2", "100m"): dict(d_model=864, d_state=128, mamba2_head_dim=64),
+    ("mamba2-ffn", "100m"): dict(d_ff=2176, d_state=128, mamba2_head_dim=64),
+    ("samba", "100m"): dict(d_ff=2560),
+    ("jamba", "100m"): dict(n_layers=8, d_ff=448),
+    ("griffin", "100m"): dict(d_ff=2880),
+    ("hawk", "100m"): dict(d_ff=2816),
+    ("mamba", "100m"): dict(d_model=864),
+}
+
+# The published configurations, built on the meta device for parameter and cache accounting.
+PAPER = {
+    # Hymba-1.5B (HYMBA.md §4.1). RoPE base with NTK scaling to 8K: θ·(2·8192/2048 - 1)^(hd/(hd-2)).
+    "hymba-paper": dict(vocab_size=32001, d_model=1600, n_layers=32, n_heads=25, n_kv_heads=5, d_ff=5504,
+                        d_state=16, d_conv=4, dt_rank=100, sliding_window=1024, max_seq_len=8192,
+                        rope_theta=10000.0 * 7.0 ** (64 / 62)),
+    # Llama-3.2-1B and -3B (RoPE frequency scaling for long context left out: it changes no parameter).
+    "llama3-paper": dict(vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, d_ff=8192,
+                         max_seq_len=131072),
+    "llama3-paper-3b": dict(vocab_size=128256, d_model=3072, n_layers=28, n_heads=24, n_kv_heads=8, d_ff=8192,
+                            max_seq_len=131072),
+    # Jamba-v0.1 (ARCHITECTURES.md §2.1).
+    "jamba-paper": dict(vocab_size=65536, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
+                        d_state=16, n_experts=16, experts_per_token=2, max_seq_len=262144),
+    # RecurrentGemma-2B (ARCHITECTURES.md §1.5): the official window convention, scaled embeddings, soft cap.
+    "griffin-paper": dict(vocab_size=256000, d_model=2560, n_layers=26, n_heads=10, head_dim=256, d_ff=7680,
+                          lru_width=2560, sliding_window=2048, scale_embeddings=True, logit_softcap=30.0,
+                          max_seq_len=8192),
+}
+
+
+def _build_presets() -> dict[str, dict]:
+    presets = {}
+    for arch in ARCHITECTURES:
+        for size, fields_ in SIZES.items():
+            presets[f"{arch}-{size}"] = dict(arch=arch, **{**fields_, **ARCH_DEFAULTS[arch], **ARCH_SIZES.get((arch, size), {})})
+    for name, fields_ in PAPER.items():
+        arch = name.split("-paper")[0]
+        presets[name] = dict(arch=arch, **{**ARCH_DEFAULTS[arch], **fields_})
+    return presets
+
+
+PRESETS = _build_presets()
+
+
+def get_config(name: str, **overrides) -> ModelConfig:
+    """The preset `name` (ARCH-SIZE), with fields replaced by `overrides`."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+    return ModelConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,113 @@
+"""Building blocks shared by every architecture: RMSNorm, RoPE, gated MLPs, causal conv1d.
+
+References
+  RMSNorm        Zhang & Sennrich 2019; the Gemma form scales by (1 + w) (Griffin/RecurrentGemma).
+  RoPE           Su et al. 2021, "rotate-half" pairing; partial rotary rotates only the first
+                 `rotary_dim` channels of each head (RecurrentGemma rotates half of them).
+  SwiGLU/GeGLU   Shazeer 2020: down(act(gate(x)) * up(x)), act = SiLU or tanh-approximated GELU.
+  Conv1d         Mamba / Griffin: a depthwise causal convolution over time, kernel width K.
+
+Shape glossary
+  b  batch            l  sequence length        d  model width
+  h  heads            hd head dim               c  conv channels     K  conv kernel width
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * w, computed in fp32 and cast back.
+
+    With `offset=True` (Gemma) the scale is (1 + w) and w starts at 0, otherwise it is w, starting at 1.
+    `group_size` normalises each group of channels on its own (Mamba-2's grouped norm).
+    """
+
+    def __init__(self, dim: int, eps: float, offset: bool = False, group_size: int | None = None):
+        super().__init__()
+        self.eps, self.offset = eps, offset
+        self.group_size = group_size or dim
+        if dim % self.group_size:
+            raise ValueError(f"RMSNorm: group_size {group_size} must divide dim {dim}")
+        self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grouped = x.float().unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)
+        normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
+        scale = self.weight.float() + 1.0 if self.offset else self.weight.float()
+        return (normed.flatten(-2) * scale).to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding on the first `rotary_dim` channels of each head.
+
+    Channel pairs are (i, i + rotary_dim/2) ("rotate half"), with frequency theta^(-2i/rotary_dim).
+    Angles are computed in fp32 from integer positions, so any position works without a table.
+    """
+
+    def __init__(self, rotary_dim: int, theta: float):
+        super().__init__()
+        if rotary_dim % 2:
+            raise ValueError(f"RoPE needs an even rotary_dim, got {rotary_dim}")
+        self.rotary_dim = rotary_dim
+        inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: (b, h, l, hd), positions: (b, l) -> same shape as x."""
+        angles = positions[:, None, :, None].float() * self.inv_freq  # (b, 1, l, rotary_dim/2)
+        cos, sin = angles.cos(), angles.sin()
+        rotated, passed = x[..., : self.rotary_dim].float(), x[..., self.rotary_dim :]
+        x1, x2 = rotated.chunk(2, dim=-1)
+        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        return torch.cat([rotated.to(x.dtype), passed], dim=-1)
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)): SwiGLU with act=SiLU (Llama, Hymba, Jamba), GeGLU with GELU-tanh (Griffin)."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str, bias: bool):
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (b, l, d) -> (b, l, d)
+        gate = self.gate_proj(x)
+        gate = F.silu(gate) if self.activation == "silu" else F.gelu(gate, approximate="tanh")
+        return self.down_proj(gate * self.up_proj(x))
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal convolution over time: y_t = bias + sum_k w[k] * x_{t-K+1+k}.
+
+    The state is the last K-1 inputs, so a sequence can be continued (chunked prefill) or decoded one
+    token at a time from where it stopped. A zero state is the same as left zero padding.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool = True):
+        super().__init__()
+        self.kernel_size = kernel_size
+        # (c, 1, K): PyTorch cross-correlation order, the last tap multiplies the current token.
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (b, l, c), state: (b, c, K-1) or None -> y: (b, l, c), new state: (b, c, K-1)."""
+        x = x.transpose(1, 2)  # (b, c, l)
+        if state is None:
+            state = x.new_zeros(x.shape[0], x.shape[1], self.kernel_size - 1)
+        padded = torch.cat([state.to(x.dtype), x], dim=-1)  # (b, c, K-1+l)
+        y = F.conv1d(padded, self.weight, self.bias, groups=x.shape[1])  # (b, c, l)
+        return y.transpose(1, 2), padded[:, :, padded.shape[-1] - (self.kernel_size - 1) :]
+
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decode step. x: (b, c), state: (b, c, K-1) -> y: (b, c), new state."""
+        window = torch.cat([state.to(x.dtype), x[:, :, None]], dim=-1)  # (b, c, K)
+        y = (window * self.weight[:, 0]).sum(-1)
+        if self.bias is not None:
+            y = y + self.bias
+        return y, window[:, :, 1:]

@@ -1,0 +1,150 @@
+"""The language model: embedding -> (meta tokens) -> blocks by layer pattern -> norm -> LM head.
+
+Every block is pre-norm (x += mixer(norm(x)); x += ffn(norm(x))), whatever its mixer, so one Block
+class assembles all nine architectures from config.layers.
+
+Shape glossary
+  b batch   l tokens in this call   M meta tokens (prepended only when the stream starts)   d d_model   V vocab
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import Attention
+from .cache import ForwardContext, InferenceCache
+from .config import LayerSpec, ModelConfig
+from .hybrid_head import HybridHead
+from .layers import GatedMLP, RMSNorm
+from .mamba import Mamba, Mamba2
+from .meta_tokens import MetaTokens
+from .moe import MixtureOfExperts, load_balancing_loss
+from .rglru import RecurrentBlock
+
+MIXERS = {
+    "attention": lambda config, spec, i: Attention(config, spec, i),
+    "hymba": lambda config, spec, i: HybridHead(config, spec, i),
+    "mamba": lambda config, spec, i: Mamba(config, i),
+    "mamba2": lambda config, spec, i: Mamba2(config, i),
+    "rglru": lambda config, spec, i: RecurrentBlock(config, i),
+}
+# Projections that write into the residual stream: initialised with std / sqrt(2 · n_layers) (GPT-2).
+RESIDUAL_OUTPUTS = ("out_proj.weight", "o_proj.weight", "down_proj.weight", "linear_out.weight", "ffn.down_proj")
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (b, l, V), real tokens only
+    loss: torch.Tensor | None = None  # cross-entropy + router_aux_loss_coef · aux_loss, when targets are given
+    aux_loss: torch.Tensor | None = None  # MoE load-balancing loss, pooled over all MoE layers
+    router_logits: list = field(default_factory=list)  # one (b·l, n_experts) tensor per MoE layer
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, spec: LayerSpec, layer_idx: int):
+        super().__init__()
+        self.mixer_norm = RMSNorm(config.d_model, config.norm_eps, config.norm_offset)
+        self.mixer = MIXERS[spec.mixer](config, spec, layer_idx)
+        self.ffn_kind = spec.ffn
+        if spec.ffn != "none":
+            self.ffn_norm = RMSNorm(config.d_model, config.norm_eps, config.norm_offset)
+        if spec.ffn == "mlp":
+            self.ffn = GatedMLP(config.d_model, config.d_ff, config.mlp_activation, config.mlp_bias)
+        elif spec.ffn == "moe":
+            self.ffn = MixtureOfExperts(config)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # (b, l, d) -> (b, l, d)
+        x = x + self.mixer(self.mixer_norm(x), ctx)
+        if self.ffn_kind == "mlp":
+            x = x + self.ffn(self.ffn_norm(x))
+        elif self.ffn_kind == "moe":
+            y, router_logits = self.ffn(self.ffn_norm(x))
+            ctx.router_logits.append(router_logits)
+            x = x + y
+        return x
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.meta_tokens = MetaTokens(config.n_meta_tokens, config.d_model) if config.n_meta_tokens else None
+        self.blocks = nn.ModuleList(Block(config, spec, i) for i, spec in enumerate(config.layers))
+        self.final_norm = RMSNorm(config.d_model, config.norm_eps, config.norm_offset)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        # sqrt(d) rounded to bf16, as RecurrentGemma multiplies its embeddings ("to match training").
+        self.embedding_scale = torch.tensor(config.d_model**0.5, dtype=torch.bfloat16, device="cpu").item() if config.scale_embeddings else None
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for module in self.modules():  # mixers with their own init (Δ, A, Λ, experts)
+            if module is not self and hasattr(module, "init_weights"):
+                module.init_weights()
+        for name, parameter in self.named_parameters():
+            if name.endswith(RESIDUAL_OUTPUTS):
+                nn.init.normal_(parameter, std=std / math.sqrt(2 * self.config.n_layers))
+
+    def num_parameters(self, active: bool = False) -> int:
+        """Parameters, tied embeddings counted once. active=True counts only the k routed experts per MoE layer."""
+        total = sum(p.numel() for p in self.parameters())
+        if active:
+            for module in self.modules():
+                if isinstance(module, MixtureOfExperts):
+                    experts = module.gate_proj.shape[0]
+                    expert_params = sum(p.numel() for p in (module.gate_proj, module.up_proj, module.down_proj))
+                    total -= expert_params * (experts - module.k) // experts
+        return total
+
+    def forward(self, tokens, targets=None, positions=None, cache: InferenceCache | None = None) -> ModelOutput:
+        """tokens (b, l); targets (b, l) next tokens, -100 to ignore; positions (b, l) RoPE positions of the
+        real tokens (0 marks a document start; default: their index in the stream); cache: continue a stream."""
+        batch, length = tokens.shape
+        config = self.config
+        start = 0 if cache is None else cache.length  # stream index of this call's first token
+        n_meta = config.n_meta_tokens
+        meta = n_meta > 0 and start == 0  # meta tokens open every stream
+        real_tokens = max(start - n_meta, 0) + length
+        if real_tokens > config.max_seq_len:
+            raise ValueError(
+                f"sequence of {real_tokens} tokens exceeds max_seq_len={config.max_seq_len} of this "
+                f"{config.arch} model; shorten the input or raise max_seq_len"
+            )
+        x = self.embedding(tokens)
+        if self.embedding_scale is not None:
+            x = x * self.embedding_scale
+        if meta:
+            x = self.meta_tokens.prepend(x)
+        index = torch.arange(start, start + x.shape[1], device=tokens.device).expand(batch, -1)
+        if positions is None:
+            positions = index
+        elif meta:  # the caller's positions count real tokens: shift them past the meta tokens
+            positions = torch.cat([index[:, :n_meta], positions + n_meta], dim=1)
+        ctx = ForwardContext(positions=positions, index=index, n_meta=n_meta, cache=cache)
+        for block in self.blocks:
+            x = block(x, ctx)
+        if cache is not None:
+            cache.length += x.shape[1]
+        x = self.final_norm(x)
+        if meta:
+            x = self.meta_tokens.strip(x)
+        logits = F.linear(x, self.embedding.weight) if self.lm_head is None else self.lm_head(x)
+        if config.logit_softcap is not None:
+            logits = config.logit_softcap * torch.tanh(logits / config.logit_softcap)
+        output = ModelOutput(logits=logits, router_logits=ctx.router_logits)
+        if ctx.router_logits:
+            output.aux_loss = load_balancing_loss(ctx.router_logits, config.experts_per_token)
+        if targets is not None:
+            output.loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            if output.aux_loss is not None:
+                output.loss = output.loss + config.router_aux_loss_coef * output.aux_loss
+        return output

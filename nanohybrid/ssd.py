@@ -1,0 +1,127 @@
+"""Mamba-2 state space duality (SSD): recurrence, quadratic (matrix) form and chunked algorithm.
+
+Reference: Dao & Gu 2024, "Transformers are SSMs" (arXiv 2405.21060), §3-§6. Each head has a scalar
+decay, so the state update is a rank-1 outer product (ARCHITECTURES.md §4.2):
+
+    α_t = exp(Δ_t · A_h)                          (scalar per position and head)
+    S_t = α_t · S_{t-1} + Δ_t · x_t ⊗ B_t         (S ∈ R^{p×n})
+    y_t = S_t · C_t
+
+Unrolled, y = (L ∘ C Bᵀ)(Δ ⊙ x) with L[t, s] = α_{s+1} ⋯ α_t for s ≤ t: masked "attention" with a
+decay mask (the quadratic form). The chunked algorithm uses the quadratic form inside chunks of
+length Q and the recurrence between chunks, which costs O(l·Q) instead of O(l²).
+
+The D skip connection and the output gate live in the mixer (mamba.py), not here.
+
+Shape glossary
+  b  batch    l  length    h  heads    p  head dim    g  groups of B/C    n  state size    Q  chunk length
+  x (b, l, h, p)   dt (b, l, h), positive (after softplus)   A (h), negative   B, C (b, l, g, n)
+  state (b, h, p, n), fp32. Group k of B and C serves the consecutive heads k·h/g ... (k+1)·h/g - 1.
+"""
+
+import torch
+
+
+def _heads_from_groups(BC: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(b, l, g, n) -> (b, l, h, n): consecutive heads share one group's B or C."""
+    return BC.float().repeat_interleave(n_heads // BC.shape[2], dim=2)
+
+
+def _initial(x: torch.Tensor, n_state: int, initial_state: torch.Tensor | None) -> torch.Tensor:
+    batch, _, heads, head_dim = x.shape
+    if initial_state is None:
+        return x.new_zeros(batch, heads, head_dim, n_state, dtype=torch.float32)
+    return initial_state.float()
+
+
+def ssd_step(state, x, dt, A, B, C):
+    """One step. state (b, h, p, n); x (b, h, p); dt (b, h); B, C (b, g, n) -> y (b, h, p), new state."""
+    B = B.float().repeat_interleave(x.shape[1] // B.shape[1], dim=1)  # (b, h, n)
+    C = C.float().repeat_interleave(x.shape[1] // C.shape[1], dim=1)
+    dt = dt.float()
+    decay = torch.exp(dt * A.float())  # α_t, (b, h)
+    state = decay[:, :, None, None] * state + torch.einsum("bh,bhp,bhn->bhpn", dt, x.float(), B)
+    return torch.einsum("bhpn,bhn->bhp", state, C), state
+
+
+def ssd_recurrent(x, dt, A, B, C, initial_state=None):
+    """The recurrence, one step at a time. Returns y (b, l, h, p) in x's dtype, final state (b, h, p, n)."""
+    state = _initial(x, B.shape[-1], initial_state)
+    outputs = []
+    for t in range(x.shape[1]):
+        y, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t])
+        outputs.append(y)
+    return torch.stack(outputs, dim=1).to(x.dtype), state
+
+
+def segment_sum(a: torch.Tensor) -> torch.Tensor:
+    """(..., T) -> (..., T, T) with out[i, j] = a[j+1] + ... + a[i] for j ≤ i and -inf above the diagonal.
+
+    Built by masking before a cumulative sum (not as a difference of cumsums), so that exp() of it is
+    exact on the diagonal and never subtracts two large numbers.
+    """
+    length = a.shape[-1]
+    strictly_lower = torch.tril(torch.ones(length, length, dtype=torch.bool, device=a.device), diagonal=-1)
+    repeated = a[..., None, :].expand(*a.shape, length).transpose(-1, -2)  # repeated[..., i, j] = a[i]
+    sums = torch.cumsum(repeated.masked_fill(~strictly_lower, 0.0), dim=-2)  # sums[i, j] = Σ_{j<k≤i} a[k]
+    lower = torch.tril(torch.ones(length, length, dtype=torch.bool, device=a.device))
+    return sums.masked_fill(~lower, float("-inf"))
+
+
+def ssd_quadratic(x, dt, A, B, C, initial_state=None):
+    """y = (L ∘ C Bᵀ)(Δ ⊙ x) + C · (decay from the start) · S_0, as one masked (l × l) product per head."""
+    heads = x.shape[2]
+    B, C = _heads_from_groups(B, heads), _heads_from_groups(C, heads)
+    state = _initial(x, B.shape[-1], initial_state)
+    log_decay = (dt.float() * A.float()).transpose(1, 2)  # log α, (b, h, l)
+    decay_matrix = torch.exp(segment_sum(log_decay))  # L, (b, h, l, l)
+    scores = torch.einsum("bthn,bshn->bhts", C, B) * decay_matrix
+    dt_x = x.float() * dt.float()[..., None]  # Δ ⊙ x, (b, l, h, p)
+    y = torch.einsum("bhts,bshp->bthp", scores, dt_x)
+    decay_from_start = torch.exp(torch.cumsum(log_decay, dim=-1))  # α_1 ⋯ α_t, (b, h, l)
+    y = y + torch.einsum("bthn,bhpn,bht->bthp", C, state, decay_from_start)
+    decay_to_end = torch.exp(segment_sum(log_decay)[..., -1, :])  # α_{s+1} ⋯ α_l, (b, h, l)
+    final = torch.einsum("bhs,bshp,bshn->bhpn", decay_to_end, dt_x, B) + decay_from_start[..., -1, None, None] * state
+    return y.to(x.dtype), final
+
+
+def ssd_chunked(x, dt, A, B, C, chunk_size: int, initial_state=None):
+    """The four-step chunked algorithm (SSD paper §6). Any length: the tail is padded with Δ = 0,
+    which leaves the state untouched (α = 1, no input)."""
+    batch, length, heads, head_dim = x.shape
+    chunk = min(chunk_size, length)
+    pad = -length % chunk
+    B, C = _heads_from_groups(B, heads), _heads_from_groups(C, heads)
+    dt_x = x.float() * dt.float()[..., None]
+    log_decay = dt.float() * A.float()  # (b, l, h)
+    if pad:
+        dt_x, B, C = (torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad)) for t in (dt_x, B, C))
+        log_decay = torch.nn.functional.pad(log_decay, (0, 0, 0, pad))
+    n_chunks = (length + pad) // chunk
+    # (b, c, Q, h, ·): split the time axis into chunks.
+    dt_x, B, C = (t.unflatten(1, (n_chunks, chunk)) for t in (dt_x, B, C))
+    log_decay = log_decay.unflatten(1, (n_chunks, chunk)).permute(0, 3, 1, 2)  # (b, h, c, Q)
+    cumulative = torch.cumsum(log_decay, dim=-1)  # log(α_1 ⋯ α_t) within each chunk
+
+    # 1. Inside each chunk: the quadratic form.
+    decay_matrix = torch.exp(segment_sum(log_decay))  # (b, h, c, Q, Q)
+    y_inside = torch.einsum("bcthn,bcshn,bhcts,bcshp->bcthp", C, B, decay_matrix, dt_x)
+
+    # 2. Each chunk's own contribution to the state at its end (starting from zero).
+    decay_to_chunk_end = torch.exp(cumulative[..., -1:] - cumulative)  # (b, h, c, Q)
+    chunk_states = torch.einsum("bcshn,bhcs,bcshp->bchpn", B, decay_to_chunk_end, dt_x)
+
+    # 3. Across chunks: the recurrence S_start(c+1) = (decay over chunk c) · S_start(c) + chunk_states[c].
+    chunk_decay = torch.exp(cumulative[..., -1])  # (b, h, c)
+    state = _initial(x, B.shape[-1], initial_state)
+    start_states = []
+    for c in range(n_chunks):
+        start_states.append(state)
+        state = chunk_decay[:, :, c, None, None] * state + chunk_states[:, c]
+    start_states = torch.stack(start_states, dim=1)  # (b, c, h, p, n)
+
+    # 4. Each chunk's start state, decayed to every position inside the chunk, read out by C.
+    y_from_state = torch.einsum("bcthn,bchpn,bhct->bcthp", C, start_states, torch.exp(cumulative))
+
+    y = (y_inside + y_from_state).flatten(1, 2)[:, :length]
+    return y.to(x.dtype), state
