@@ -130,7 +130,7 @@ class ModelConfig:
             rotary = self.rotary_fraction * self.qk_head_dim
             need(rotary == int(rotary) and int(rotary) % 2 == 0,
                  f"rotary_fraction={self.rotary_fraction} of head dim {self.qk_head_dim} must be an even number of channels")
-        if any(spec.sliding_window is not None for spec in specs) or self.arch in ("hymba", "samba", "griffin"):
+        if self.arch in WINDOWED:
             need(self.sliding_window is not None and self.sliding_window >= 1, f"{self.arch} needs sliding_window >= 1")
         if "hymba" in mixers:
             need(self.d_inner % self.n_heads == 0, f"n_heads={self.n_heads} must divide d_inner={self.d_inner} (value heads)")
@@ -266,11 +266,17 @@ PAPER = {
 }
 
 
+WINDOWED = ("hymba", "griffin", "samba")  # the architectures with sliding-window layers (llama3's is opt-in: Mistral)
+
+
 def _build_presets() -> dict[str, dict]:
     presets = {}
     for arch in ARCHITECTURES:
         for size, fields_ in SIZES.items():
-            presets[f"{arch}-{size}"] = dict(arch=arch, **{**fields_, **ARCH_DEFAULTS[arch], **ARCH_SIZES.get((arch, size), {})})
+            preset = {**fields_, **ARCH_DEFAULTS[arch], **ARCH_SIZES.get((arch, size), {})}
+            if arch not in WINDOWED:
+                preset["sliding_window"] = None
+            presets[f"{arch}-{size}"] = dict(arch=arch, **preset)
     for name, fields_ in PAPER.items():
         arch = name.split("-paper")[0]
         presets[name] = dict(arch=arch, **{**ARCH_DEFAULTS[arch], **fields_})

@@ -1,0 +1,34 @@
+"""The independent implementations the tests compare against, imported in the order that works on CPU.
+
+transformers decides when each modeling module is imported whether to bind mamba_ssm's CUDA/Triton
+kernels (ARCHITECTURES.md §4.4). So: import transformers' modeling modules first, which binds their
+pure-PyTorch paths; only then make mamba_ssm importable by giving it a stub for its CUDA extension,
+whose absence is the only thing stopping it on a CPU-only machine. Test modules import from here.
+
+Install with `bash tests/install_oracles.sh`. Without them the oracle tests skip, saying so.
+"""
+
+import sys
+import types
+
+import pytest
+
+transformers = pytest.importorskip("transformers", reason="oracle tests need transformers: bash tests/install_oracles.sh")
+
+from transformers.models.jamba import modeling_jamba  # noqa: E402
+from transformers.models.llama import modeling_llama  # noqa: E402
+from transformers.models.mamba import modeling_mamba  # noqa: E402
+from transformers.models.mamba2 import modeling_mamba2  # noqa: E402
+from transformers.models.mistral import modeling_mistral  # noqa: E402
+from transformers.models.recurrent_gemma import modeling_recurrent_gemma  # noqa: E402
+
+
+def import_mamba_ssm_references():
+    """(selective_scan_ref, ssd_minimal_discrete) from mamba_ssm, or skip the calling test."""
+    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+    try:
+        from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_ref
+    except ImportError as error:
+        pytest.skip(f"mamba_ssm oracle not installed ({error}): bash tests/install_oracles.sh")
+    return selective_scan_ref, ssd_minimal_discrete

@@ -1,0 +1,106 @@
+"""Hymba, checked against what HYMBA.md states (there is no CPU-runnable official implementation):
+the 1.5B layout and parameter count, KV sharing, meta-token positions, loss and visibility, and β."""
+
+import torch
+
+from nanohybrid.attention import AttentionCore
+from nanohybrid.cache import ForwardContext, InferenceCache
+from nanohybrid.config import get_config
+from nanohybrid.model import LanguageModel
+from nanohybrid.testing import SAME_MATH, assert_close
+
+
+def test_hymba_paper_layout_matches_the_released_1_5b():
+    layers = get_config("hymba-paper").layers
+    assert [i for i, spec in enumerate(layers) if spec.sliding_window is None] == [0, 15, 31]
+    groups = {}
+    for i, spec in enumerate(layers):
+        if spec.sliding_window is not None:
+            groups.setdefault(spec.kv_producer if spec.kv_producer is not None else i, []).append(i)
+    expected = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [16, 17, 18], [19, 20], [21, 22],
+                [23, 24], [25, 26], [27, 28], [29, 30]]  # HF kv_reuse_group
+    assert list(groups.values()) == expected
+    assert sum(spec.kv_producer is None for spec in layers) == 17  # 3 global + 14 SWA producers
+    assert all(spec.sliding_window == 1024 for spec in layers if spec.sliding_window is not None)
+
+
+def test_hymba_paper_parameter_count_is_1522_8m():
+    with torch.device("meta"):
+        model = LanguageModel(get_config("hymba-paper"))
+    assert abs(model.num_parameters() - 1_522.8e6) < 0.05e6
+    in_proj = model.blocks[1].mixer.in_proj.out_features, model.blocks[2].mixer.in_proj.out_features
+    assert in_proj == (8960, 8000)  # Q 1600 + K 320 + V 640 + X 3200 + gate 3200; a consumer has no K, V
+
+
+def test_only_producers_hold_a_kv_cache():
+    model = LanguageModel(get_config("hymba-tiny"))
+    cache = InferenceCache()
+    model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+    kv_layers = sorted(i for i, kind in cache.states if kind == "kv")
+    assert kv_layers == [0, 1, 3, 4, 7]
+    assert sorted(i for i, kind in cache.states if kind == "ssm") == list(range(8))
+
+
+def test_meta_tokens_take_positions_0_to_m_minus_1_and_real_tokens_start_at_m():
+    model = LanguageModel(get_config("hymba-tiny"))  # 8 meta tokens
+    seen = []
+    model.blocks[0].mixer.attention.register_forward_hook(lambda module, args, out: seen.append(args[3].positions))
+    model(torch.zeros(2, 5, dtype=torch.long))
+    assert seen[0].tolist() == [list(range(13))] * 2
+    cache = InferenceCache()
+    model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+    model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+    assert seen[-1].tolist() == [[13]]  # decoding continues after meta + prompt
+
+
+def test_meta_tokens_are_stripped_and_carry_no_loss():
+    torch.manual_seed(0)
+    model = LanguageModel(get_config("hymba-tiny"))
+    tokens = torch.randint(0, 320, (2, 6))
+    out = model(tokens, targets=tokens)
+    assert out.logits.shape == (2, 6, 320)
+    expected = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), tokens.flatten())
+    assert_close(out.loss, expected, SAME_MATH, "loss over real tokens only")
+    out.loss.backward()
+    assert model.meta_tokens.embeddings.grad.abs().sum() > 0  # trained end to end through the real tokens
+
+
+def test_meta_tokens_stay_visible_to_sliding_window_attention():
+    config = get_config("hymba-tiny", n_meta_tokens=4)  # window 8
+    core = AttentionCore(config, config.layers[1], layer_idx=1)
+    assert core.max_distance == 8  # Hymba's convention: q - k <= window
+    torch.manual_seed(0)
+    length = 30
+    q = torch.randn(1, length, 4, 16)
+    k, v = torch.randn(1, length, 2, 16), torch.randn(1, length, 2, 32)
+    index = torch.arange(length)[None]
+    def last_query(k, v):
+        return core(q, k, v, ForwardContext(index, index, n_meta=4))[:, -1]
+    base = last_query(k, v)
+    meta_changed, far_changed = v.clone(), v.clone()
+    meta_changed[:, 2] += 1.0  # a meta token, 27 positions back
+    far_changed[:, 10] += 1.0  # a real token outside the window
+    assert (last_query(k, meta_changed) - base).abs().max() > 1e-3
+    assert torch.equal(last_query(k, far_changed), base)
+
+
+def test_zeroing_a_beta_removes_that_branch_exactly():
+    torch.manual_seed(0)
+    config = get_config("hymba-tiny", n_meta_tokens=0)
+    mixer = LanguageModel(config).blocks[1].mixer
+    x = torch.randn(2, 12, config.d_model)
+    def run():
+        return mixer(x, ForwardContext(torch.arange(12)[None], torch.arange(12)[None], 0))
+    q_rows, ssm_rows = mixer.split_sizes[0], slice(sum(mixer.split_sizes[:3]), sum(mixer.split_sizes[:4]))
+    with torch.no_grad():
+        mixer.attention_norm.weight.zero_()  # β1 = 0: no attention
+        without_attention = run()
+        mixer.in_proj.weight[:q_rows].normal_()  # scramble the queries
+        assert torch.equal(run(), without_attention)
+        mixer.attention_norm.weight.fill_(1.0)
+        mixer.ssm_norm.weight.zero_()  # β2 = 0: no SSM
+        without_ssm = run()
+        mixer.in_proj.weight[ssm_rows].normal_()  # scramble the SSM input
+        mixer.ssm.A_log.normal_()
+        assert torch.equal(run(), without_ssm)
+        assert not torch.allclose(without_ssm, without_attention, atol=1e-3)

@@ -1,0 +1,104 @@
+"""RMSNorm, RoPE, gated MLPs and the causal conv, each checked against its defining equation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanohybrid.layers import CausalConv1d, GatedMLP, RMSNorm, RotaryEmbedding
+from nanohybrid.testing import SAME_MATH, assert_close
+
+
+@pytest.mark.parametrize("offset", [False, True])
+def test_rmsnorm_matches_its_equation(offset):
+    torch.manual_seed(0)
+    norm = RMSNorm(16, eps=1e-6, offset=offset)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(3, 5, 16)
+    scale = 1 + norm.weight if offset else norm.weight
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * scale
+    assert_close(norm(x), expected, SAME_MATH, "rmsnorm")
+
+
+def test_gemma_rmsnorm_starts_as_identity_scale():
+    x = torch.randn(2, 16)
+    assert_close(RMSNorm(16, 1e-6, offset=True)(x), RMSNorm(16, 1e-6)(x), SAME_MATH, "fresh gemma vs plain")
+
+
+def test_grouped_rmsnorm_normalises_each_group_alone():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 12)
+    grouped = RMSNorm(12, eps=1e-5, group_size=4)(x)
+    expected = torch.cat([RMSNorm(4, eps=1e-5)(part) for part in x.split(4, dim=-1)], dim=-1)
+    assert_close(grouped, expected, SAME_MATH, "grouped rmsnorm")
+
+
+def test_rmsnorm_rejects_group_size_that_does_not_divide():
+    with pytest.raises(ValueError, match="group_size 5 must divide dim 12"):
+        RMSNorm(12, 1e-5, group_size=5)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(8, theta=10000.0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(query_pos, key_pos):
+        rotated_q = rope(q, torch.tensor([[query_pos]]))
+        rotated_k = rope(k, torch.tensor([[key_pos]]))
+        return (rotated_q * rotated_k).sum()
+
+    assert torch.allclose(score(7, 3), score(104, 100), atol=1e-5)
+    assert not torch.allclose(score(7, 3), score(7, 4), atol=1e-3)
+
+
+def test_rope_is_a_rotation_and_partial_rope_leaves_the_rest():
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(4, theta=10000.0)  # rotates 4 of 8 channels, like RecurrentGemma's half
+    x = torch.randn(2, 3, 6, 8)
+    positions = torch.arange(6).expand(2, 6) * 5
+    y = rope(x, positions)
+    assert torch.equal(y[..., 4:], x[..., 4:])
+    assert_close(y[..., :4].norm(dim=-1), x[..., :4].norm(dim=-1), SAME_MATH, "rotation keeps norms")
+    assert torch.equal(y[:, :, 0], x[:, :, 0])  # position 0 is not rotated
+
+
+def test_rope_pairs_channel_i_with_i_plus_half():
+    rope = RotaryEmbedding(4, theta=1.0)  # theta = 1 makes every frequency 1: each pair turns by the position
+    x = torch.tensor([1.0, 0.0, 0.0, 0.0]).view(1, 1, 1, 4)
+    y = rope(x, torch.tensor([[1]])).flatten()
+    assert_close(y, torch.tensor([torch.cos(torch.tensor(1.0)), 0.0, torch.sin(torch.tensor(1.0)), 0.0]), SAME_MATH, "pair (0, 2)")
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+def test_gated_mlp_matches_its_equation(activation):
+    torch.manual_seed(0)
+    mlp = GatedMLP(8, 12, activation, bias=True)
+    x = torch.randn(2, 3, 8)
+    gate = mlp.gate_proj(x)
+    act = F.silu(gate) if activation == "silu" else 0.5 * gate * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (gate + 0.044715 * gate**3)))
+    assert_close(mlp(x), mlp.down_proj(act * mlp.up_proj(x)), SAME_MATH, activation)
+
+
+def test_causal_conv_matches_a_loop_over_taps():
+    torch.manual_seed(0)
+    conv = CausalConv1d(6, kernel_size=4)
+    x = torch.randn(2, 9, 6)
+    y, _ = conv(x)
+    padded = F.pad(x, (0, 0, 3, 0))  # three zeros before the first token
+    expected = conv.bias + sum(padded[:, k : k + 9] * conv.weight[:, 0, k] for k in range(4))
+    assert_close(y, expected, SAME_MATH, "conv")
+
+
+def test_causal_conv_continues_from_its_state_and_decodes_one_token_at_a_time():
+    torch.manual_seed(0)
+    conv = CausalConv1d(5, kernel_size=4)
+    x = torch.randn(2, 11, 5)
+    full, full_state = conv(x)
+    head, state = conv(x[:, :2])  # shorter than the kernel
+    outputs = [head]
+    for t in range(2, 11):
+        y, state = conv(x[:, t : t + 1], state)
+        outputs.append(y)
+    assert_close(torch.cat(outputs, dim=1), full, SAME_MATH, "token by token")
+    assert torch.equal(state, full_state)
+    assert torch.equal(full_state, x[:, -3:].transpose(1, 2))
