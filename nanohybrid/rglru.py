@@ -41,29 +41,27 @@ class SqrtBoundedGradient(torch.autograd.Function):
         return grad / torch.sqrt(torch.clamp(4.0 * u, min=MAX_SQRT_GRADIENT**-2))
 
 
-def rglru_step(state, x, log_a, reset):
-    """One step. state (b, R) fp32; x = i_t ⊙ x_t (b, R); log_a (b, R); reset (b,) bool -> h_t (b, R), new state."""
-    log_a = log_a.float()
-    a = torch.exp(log_a)
-    normaliser = SqrtBoundedGradient.apply(1.0 - torch.exp(2.0 * log_a))
-    reset = reset[:, None]
-    a = torch.where(reset, torch.zeros_like(a), a)
-    normaliser = torch.where(reset, torch.ones_like(normaliser), normaliser)
-    state = a * state + normaliser * x.float()
-    return state, state
-
-
 def rglru_scan(x, log_a, reset, initial_state=None):
-    """The recurrence over a sequence. x, log_a (b, l, R); reset (b, l) bool; initial_state (b, R) or None.
+    """The recurrence over a sequence. x = i_t ⊙ x_t and log_a (b, l, R); reset (b, l) bool; initial_state (b, R) or None.
 
     Returns h (b, l, R) in x's dtype and the final state (b, R) in fp32.
     """
+    log_a, reset = log_a.float(), reset[..., None]
+    a = torch.where(reset, 0.0, torch.exp(log_a))
+    normaliser = torch.where(reset, 1.0, SqrtBoundedGradient.apply(1.0 - torch.exp(2.0 * log_a)))  # sqrt(1 - a_t²)
+    normalised_x = normaliser * x.float()
     state = x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32) if initial_state is None else initial_state.float()
     outputs = []
-    for t in range(x.shape[1]):
-        h, state = rglru_step(state, x[:, t], log_a[:, t], reset[:, t])
-        outputs.append(h)
+    for a_t, x_t in zip(a.unbind(1), normalised_x.unbind(1)):  # unbind: one split of the time axis
+        state = a_t * state + x_t  # h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t)
+        outputs.append(state)
     return torch.stack(outputs, dim=1).to(x.dtype), state
+
+
+def rglru_step(state, x, log_a, reset):
+    """One decode step: the scan of a single token. state (b, R); x, log_a (b, R); reset (b,) -> h_t (b, R), new state."""
+    h, state = rglru_scan(x[:, None], log_a[:, None], reset[:, None], state)
+    return h[:, 0], state
 
 
 class BlockDiagonalLinear(nn.Module):

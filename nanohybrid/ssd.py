@@ -48,8 +48,8 @@ def ssd_recurrent(x, dt, A, B, C, initial_state=None):
     """The recurrence, one step at a time. Returns y (b, l, h, p) in x's dtype, final state (b, h, p, n)."""
     state = _initial(x, B.shape[-1], initial_state)
     outputs = []
-    for t in range(x.shape[1]):
-        y, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t])
+    for x_t, dt_t, B_t, C_t in zip(x.unbind(1), dt.unbind(1), B.unbind(1), C.unbind(1)):
+        y, state = ssd_step(state, x_t, dt_t, A, B_t, C_t)
         outputs.append(y)
     return torch.stack(outputs, dim=1).to(x.dtype), state
 
