@@ -23,12 +23,16 @@ from .config import LayerSpec, ModelConfig
 from .layers import RotaryEmbedding
 
 
-def attention_mask(query_index, key_index, max_distance: int | None, n_meta: int) -> torch.Tensor:
-    """query_index (b, l), key_index (b, s): stream indices -> (b, 1, l, s), True where the key is visible."""
+def attention_mask(query_index, key_index, query_document, key_document, max_distance: int | None, n_meta: int):
+    """Stream indices and document ids of the queries (b, l) and keys (b, s) -> (b, 1, l, s), True where visible.
+
+    A query sees earlier keys of its own document (and all meta tokens), within the window if there is one.
+    """
     query, key = query_index[:, :, None], key_index[:, None, :]
-    visible = key <= query
+    meta = key < n_meta
+    visible = (key <= query) & ((query_document[:, :, None] == key_document[:, None, :]) | meta)
     if max_distance is not None:
-        visible = visible & ((query - key <= max_distance) | (key < n_meta))
+        visible = visible & ((query - key <= max_distance) | meta)
     return visible[:, None]
 
 
@@ -64,17 +68,18 @@ class AttentionCore(nn.Module):
         """q (b, l, h, hd); k (b, l, h_kv, hd), v (b, l, h_kv, hd_v), both None for a consumer -> (b, l, h·hd_v)."""
         q = self._rotate(q.transpose(1, 2), ctx.positions)
         if self.kv_producer is not None:
-            k, v, key_index = ctx.shared_kv[self.kv_producer]
+            k, v, key_index, key_document = ctx.shared_kv[self.kv_producer]
         else:
-            k, v, key_index = self._rotate(k.transpose(1, 2), ctx.positions), v.transpose(1, 2), ctx.index
+            k, v = self._rotate(k.transpose(1, 2), ctx.positions), v.transpose(1, 2)
+            key_index, key_document = ctx.index, ctx.document
             if ctx.cache is not None:
                 cache = ctx.state((self.layer_idx, "kv"))
                 if cache is None:
-                    cache = KVCache(k[:, :, :0], v[:, :, :0], key_index[:, :0])
+                    cache = KVCache(k[:, :, :0], v[:, :, :0], key_index[:, :0], key_document[:, :0])
                     ctx.save((self.layer_idx, "kv"), cache)
-                k, v, key_index = cache.extend(k, v, key_index, self.max_distance, ctx.n_meta)
-            ctx.shared_kv[self.layer_idx] = (k, v, key_index)
-        mask = attention_mask(ctx.index, key_index, self.max_distance, ctx.n_meta)
+                k, v, key_index, key_document = cache.extend(k, v, key_index, key_document, self.max_distance, ctx.n_meta)
+            ctx.shared_kv[self.layer_idx] = (k, v, key_index, key_document)
+        mask = attention_mask(ctx.index, key_index, ctx.document, key_document, self.max_distance, ctx.n_meta)
         out = scaled_dot_product_attention(q, k, v, mask, self.scale)  # (b, h, l, hd_v)
         return out.transpose(1, 2).flatten(2)
 

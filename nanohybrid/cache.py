@@ -28,26 +28,29 @@ class RecurrentState(NamedTuple):
 
 @dataclass
 class KVCache:
-    """Keys and values of one attention producer, with the stream index of every entry.
+    """Keys and values of one attention producer, with the stream index and document id of every entry.
 
-    k (b, h_kv, n, hd_k), v (b, h_kv, n, hd_v), index (b, n). After each call the entries that no
-    later query can see (outside the window and not a meta token) are dropped.
+    k (b, h_kv, n, hd_k), v (b, h_kv, n, hd_v), index and document (b, n). After each call the entries
+    that no later query can see (outside the window and not a meta token) are dropped.
     """
 
     k: torch.Tensor
     v: torch.Tensor
     index: torch.Tensor
+    document: torch.Tensor
 
-    def extend(self, k, v, index, max_distance: int | None, n_meta: int):
+    def extend(self, k, v, index, document, max_distance: int | None, n_meta: int):
         """Append this call's entries. Returns all entries this call's queries may need (old and new)."""
         self.k = torch.cat([self.k, k], dim=2)
         self.v = torch.cat([self.v, v], dim=2)
         self.index = torch.cat([self.index, index], dim=1)
-        everything = self.k, self.v, self.index
+        self.document = torch.cat([self.document, document], dim=1)
+        everything = self.k, self.v, self.index, self.document
         if max_distance is not None:
             next_query = index[0, -1] + 1
             keep = (self.index[0] < n_meta) | (self.index[0] >= next_query - max_distance)
-            self.k, self.v, self.index = self.k[:, :, keep], self.v[:, :, keep], self.index[:, keep]
+            self.k, self.v = self.k[:, :, keep], self.v[:, :, keep]
+            self.index, self.document = self.index[:, keep], self.document[:, keep]
         return everything
 
 
@@ -61,6 +64,7 @@ class InferenceCache:
 
     states: dict = field(default_factory=dict)
     length: int = 0
+    document: torch.Tensor | None = None  # (b,) document id of the last token processed
 
 
 @dataclass
@@ -69,12 +73,15 @@ class ForwardContext:
 
     positions (b, l): RoPE positions of this call's tokens; 0 marks a document start (RG-LRU reset).
     index (b, l): stream index of this call's tokens (meta tokens come first), used by attention masks.
+    document (b, l): which document each token belongs to (a count of the document starts so far):
+        attention never crosses a document boundary, as in transformers and DeepMind's RecurrentGemma.
     shared_kv: keys and values each attention producer exposes to its KV-sharing consumers in this call.
     router_logits: what each mixture-of-experts layer's router said in this call, for the aux loss.
     """
 
     positions: torch.Tensor
     index: torch.Tensor
+    document: torch.Tensor
     n_meta: int
     cache: InferenceCache | None = None
     shared_kv: dict = field(default_factory=dict)

@@ -129,11 +129,14 @@ class LanguageModel(nn.Module):
             positions = index
         elif meta:  # the caller's positions count real tokens: shift them past the meta tokens
             positions = torch.cat([index[:, :n_meta], positions + n_meta], dim=1)
-        ctx = ForwardContext(positions=positions, index=index, n_meta=n_meta, cache=cache)
+        previous_document = 0 if cache is None or cache.document is None else cache.document[:, None]
+        document = previous_document + torch.cumsum(positions == 0, dim=1)  # a new document at every position 0
+        ctx = ForwardContext(positions=positions, index=index, document=document, n_meta=n_meta, cache=cache)
         for block in self.blocks:
             x = block(x, ctx)
         if cache is not None:
             cache.length += x.shape[1]
+            cache.document = document[:, -1]
         x = self.final_norm(x)
         if meta:
             x = self.meta_tokens.strip(x)

@@ -16,25 +16,37 @@ def stream(length):
     return torch.arange(length)[None]
 
 
+def mask(length, max_distance, n_meta=0, document=None):
+    """The mask among `length` tokens of one stream; `document` (l,) ids, all one document by default."""
+    document = torch.zeros(1, length, dtype=torch.long) if document is None else document[None]
+    return attention_mask(stream(length), stream(length), document, document, max_distance, n_meta)[0, 0]
+
+
 @pytest.mark.parametrize("window, convention, visible_keys", [(4, "keys", 4), (4, "distance", 5)])
 def test_window_conventions_differ_by_one_key(window, convention, visible_keys):
     config = get_config("llama3-tiny", sliding_window=window, window_convention=convention)
-    mask = attention_mask(stream(12), stream(12), config.max_attention_distance, n_meta=0)[0, 0]
-    assert mask.sum(-1).tolist() == [min(q + 1, visible_keys) for q in range(12)]
-    assert mask[11, 11] and not mask[11, 12 - visible_keys - 1]
+    visible = mask(12, config.max_attention_distance)
+    assert visible.sum(-1).tolist() == [min(q + 1, visible_keys) for q in range(12)]
+    assert visible[11, 11] and not visible[11, 12 - visible_keys - 1]
 
 
 def test_meta_tokens_stay_visible_outside_the_window():
-    mask = attention_mask(stream(20), stream(20), max_distance=3, n_meta=4)[0, 0]
-    assert mask[19, :4].all()  # the meta prefix
-    assert not mask[19, 4:16].any()  # real tokens beyond the window
-    assert mask[19, 16:].all()  # the window, itself included
-    assert not mask[2, 3]  # meta tokens are causal among themselves
+    visible = mask(20, max_distance=3, n_meta=4)
+    assert visible[19, :4].all()  # the meta prefix
+    assert not visible[19, 4:16].any()  # real tokens beyond the window
+    assert visible[19, 16:].all()  # the window, itself included
+    assert not visible[2, 3]  # meta tokens are causal among themselves
 
 
 def test_global_mask_is_causal():
-    mask = attention_mask(stream(6), stream(6), max_distance=None, n_meta=0)[0, 0]
-    assert torch.equal(mask, torch.tril(torch.ones(6, 6, dtype=torch.bool)))
+    assert torch.equal(mask(6, max_distance=None), torch.tril(torch.ones(6, 6, dtype=torch.bool)))
+
+
+def test_attention_stops_at_a_document_start_but_meta_tokens_stay_visible():
+    document = torch.tensor([0, 0, 1, 1, 1, 2, 2])  # meta tokens 0-1, then documents starting at 2 and 5
+    visible = mask(7, max_distance=None, n_meta=2, document=document)
+    assert visible[6].tolist() == [True, True, False, False, False, True, True]
+    assert visible[4].tolist() == [True, True, True, True, True, False, False]
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2, 6])
@@ -43,14 +55,14 @@ def test_matches_pytorch_sdpa_with_gqa_and_wide_value_heads(kv_heads):
     q = torch.randn(2, 6, 10, 8)
     k = torch.randn(2, kv_heads, 10, 8)
     v = torch.randn(2, kv_heads, 10, 16)  # value heads twice as wide, as in Hymba
-    mask = attention_mask(stream(10), stream(10), max_distance=3, n_meta=2)
-    ours = scaled_dot_product_attention(q, k, v, mask, scale=8**-0.5)
+    visible = mask(10, max_distance=3, n_meta=2)[None, None]
+    ours = scaled_dot_product_attention(q, k, v, visible, scale=8**-0.5)
     group = 6 // kv_heads  # query head h reads key/value head h // group
     expected = F.scaled_dot_product_attention(
-        q, k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1), attn_mask=mask
+        q, k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1), attn_mask=visible
     )
     assert_close(ours, expected, SAME_MATH, "attention")
-    first_head_alone = F.scaled_dot_product_attention(q[:, group : group + 1], k[:, 1:2], v[:, 1:2], attn_mask=mask)
+    first_head_alone = F.scaled_dot_product_attention(q[:, group : group + 1], k[:, 1:2], v[:, 1:2], attn_mask=visible)
     if kv_heads > 1:
         assert_close(ours[:, group : group + 1], first_head_alone, SAME_MATH, "head group->kv head 1")
 
@@ -74,15 +86,15 @@ def test_consumer_attends_to_its_producers_keys_and_values():
     model = LanguageModel(config)
     producer, consumer = model.blocks[1].mixer, model.blocks[2].mixer
     x = torch.randn(1, 12, config.d_model)
-    ctx = ForwardContext(positions=stream(12), index=stream(12), n_meta=0)
+    ctx = ForwardContext(positions=stream(12), index=stream(12), document=torch.zeros_like(stream(12)), n_meta=0)
     producer(x, ctx)
-    k, v, key_index = ctx.shared_kv[1]  # RoPE applied, not repeated over query-head groups
+    k, v, key_index, _ = ctx.shared_kv[1]  # RoPE applied, not repeated over query-head groups
     assert k.shape == (1, config.n_kv_heads, 12, config.qk_head_dim)
     q = consumer.in_proj(x)[..., : consumer.split_sizes[0]].unflatten(-1, consumer.shape_q)
     out = consumer.attention(q, None, None, ctx)
     rotated_q = consumer.attention.rope(q.transpose(1, 2), ctx.positions)
-    mask = attention_mask(ctx.index, key_index, consumer.attention.max_distance, n_meta=0)
+    mask = attention_mask(ctx.index, key_index, ctx.document, ctx.document, consumer.attention.max_distance, n_meta=0)
     expected = scaled_dot_product_attention(rotated_q, k, v, mask, config.qk_head_dim**-0.5)
     assert_close(out, expected.transpose(1, 2).flatten(2), SAME_MATH, "consumer attention")
-    ctx.shared_kv[1] = (torch.randn_like(k), v, key_index)
+    ctx.shared_kv[1] = (torch.randn_like(k), v, key_index, ctx.document)
     assert not torch.allclose(consumer.attention(q, None, None, ctx), out, atol=1e-3)

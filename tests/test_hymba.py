@@ -75,7 +75,7 @@ def test_meta_tokens_stay_visible_to_sliding_window_attention():
     k, v = torch.randn(1, length, 2, 16), torch.randn(1, length, 2, 32)
     index = torch.arange(length)[None]
     def last_query(k, v):
-        return core(q, k, v, ForwardContext(index, index, n_meta=4))[:, -1]
+        return core(q, k, v, ForwardContext(index, index, torch.zeros_like(index), n_meta=4))[:, -1]
     base = last_query(k, v)
     meta_changed, far_changed = v.clone(), v.clone()
     meta_changed[:, 2] += 1.0  # a meta token, 27 positions back
@@ -90,7 +90,7 @@ def test_zeroing_a_beta_removes_that_branch_exactly():
     mixer = LanguageModel(config).blocks[1].mixer
     x = torch.randn(2, 12, config.d_model)
     def run():
-        return mixer(x, ForwardContext(torch.arange(12)[None], torch.arange(12)[None], 0))
+        return mixer(x, ForwardContext(torch.arange(12)[None], torch.arange(12)[None], torch.zeros(1, 12, dtype=torch.long), 0))
     q_rows, ssm_rows = mixer.split_sizes[0], slice(sum(mixer.split_sizes[:3]), sum(mixer.split_sizes[:4]))
     with torch.no_grad():
         mixer.attention_norm.weight.zero_()  # β1 = 0: no attention

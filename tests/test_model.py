@@ -63,6 +63,26 @@ def test_chunked_prefill_and_decoding_equal_the_full_forward(name, overrides):
     assert_close(decoded, full, SAME_MATH, "token by token")
 
 
+@pytest.mark.parametrize("name", ["griffin-tiny", "llama3-tiny"])
+def test_decoding_across_a_document_start_equals_the_full_forward(name):
+    """Positions restart at token 10 of row 1: RG-LRU resets and attention stays inside each document.
+    (Griffin's conv still reads the last 3 tokens of the previous document, as in transformers.)"""
+    model = build(name)
+    tokens = torch.randint(0, model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(5))
+    positions = torch.arange(20).repeat(2, 1)
+    positions[1, 10:] -= 10
+    with torch.no_grad():
+        full = model(tokens, positions=positions).logits
+        cache = InferenceCache()
+        decoded = [model(tokens[:, :4], positions=positions[:, :4], cache=cache).logits]
+        for t in range(4, 20):
+            decoded.append(model(tokens[:, t : t + 1], positions=positions[:, t : t + 1], cache=cache).logits)
+        second_document_alone = model(tokens[1:, 10:]).logits
+    assert_close(torch.cat(decoded, dim=1), full, SAME_MATH, "decoded")
+    if name == "llama3-tiny":
+        assert_close(full[1:, 10:], second_document_alone, SAME_MATH, "a document does not see the one before")
+
+
 @pytest.mark.parametrize("name", ["mamba-tiny", "mamba2-tiny", "hawk-tiny", "hymba-tiny"])
 def test_recurrent_mixer_continues_from_a_random_nonzero_state(name):
     """Every recurrent mixer, started from a random (not prefix-produced) state: one call == token by token."""
@@ -71,7 +91,8 @@ def test_recurrent_mixer_continues_from_a_random_nonzero_state(name):
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(2, 13, model.config.d_model, generator=generator)
     with torch.no_grad():  # learn the state shapes from a zero-state call, then randomise them
-        probe = ForwardContext(torch.arange(1).expand(2, 1) + 1, torch.arange(1).expand(2, 1), 0, InferenceCache())
+        first = torch.ones(2, 1, dtype=torch.long)
+        probe = ForwardContext(first, first, first, 0, InferenceCache())
         mixer(x[:, :1], probe)
     shapes = probe.cache.states[(1, "ssm")]
     def start():
@@ -80,9 +101,9 @@ def test_recurrent_mixer_continues_from_a_random_nonzero_state(name):
     positions = torch.arange(1, 14).expand(2, 13)  # no position 0: no RG-LRU reset
     with torch.no_grad():
         cache = start()
-        one_call = mixer(x, ForwardContext(positions, positions, 0, cache))
+        one_call = mixer(x, ForwardContext(positions, positions, torch.ones_like(positions), 0, cache))
         cache_steps = start()
-        steps = [mixer(x[:, t : t + 1], ForwardContext(positions[:, t : t + 1], positions[:, t : t + 1], 0, cache_steps))
+        steps = [mixer(x[:, t : t + 1], ForwardContext(positions[:, t : t + 1], positions[:, t : t + 1], torch.ones(2, 1, dtype=torch.long), 0, cache_steps))
                  for t in range(13)]
     assert_close(torch.cat(steps, dim=1), one_call, SAME_MATH, "token by token")
     for one, other in zip(cache.states[(1, "ssm")], cache_steps.states[(1, "ssm")]):
