@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from nanohybrid.config import ModelConfig, get_config
-from nanohybrid.generate import generate
+from nanohybrid.generate import decode, prefill_prompts
 from nanohybrid.model import LanguageModel
 from nanohybrid.tokenizer import load_tokenizer
 from train_small import load_checkpoint
@@ -36,38 +36,56 @@ def load_model(args) -> tuple[LanguageModel, str]:
     return LanguageModel(get_config(args.preset)), "bytes"
 
 
+def cache_summary(cache) -> str:
+    by_kind = {}
+    for (_, kind), size in cache.nbytes().items():
+        by_kind[kind] = by_kind.get(kind, 0) + size
+    return ", ".join(f"{kind} {size / 1e6:.2f} MB" for kind, size in sorted(by_kind.items()))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="a run directory written by train_small.py (out/<run>)")
     source.add_argument("--preset", help="a preset name, with random weights")
-    prompt = parser.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", default="def ", help="the prompt text")
-    prompt.add_argument("--prompt-file", help="read the prompt from this file")
+    parser.add_argument("--prompt", action="append", help="prompt text; repeat for a batch of prompts")
+    parser.add_argument("--prompt-file", action="append", help="a file holding one prompt; repeat for a batch")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill long prompts this many tokens at a time")
     parser.add_argument("--seed", type=int, default=1337)
     args = parser.parse_args(argv)
 
     model, tokenizer_name = load_model(args)
+    model.eval()
     tokenizer = load_tokenizer(tokenizer_name)
-    text = Path(args.prompt_file).read_text() if args.prompt_file else args.prompt
-    prompt = torch.tensor([tokenizer.encode(text)])
-    if prompt.numel() == 0:
-        raise ValueError("the prompt is empty; pass --prompt with some text")
+    texts = (args.prompt or []) + [Path(path).read_text() for path in args.prompt_file or []] or ["def "]
+    prompts = [tokenizer.encode(text) for text in texts]
+    if not all(prompts):
+        raise ValueError("a prompt is empty; give every --prompt some text")
     generator = torch.Generator().manual_seed(args.seed)
-    print(text, end="", flush=True)
-    new_tokens, shown, started = [], "", time.time()
-    for token in generate(model.eval(), prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator):
-        new_tokens.append(token.item())
-        complete = tokenizer.decode(new_tokens).rstrip("\ufffd")  # hold back a character still missing bytes
-        print(complete[len(shown):], end="", flush=True)
-        shown = complete
+    stream = len(prompts) == 1  # one prompt: print tokens as they come; several: print each at the end
+    if stream:
+        print(texts[0], end="", flush=True)
+    rows, shown, started = [[] for _ in prompts], "", time.time()
+    logits, cache = prefill_prompts(model, prompts, args.prefill_chunk)
+    for token in decode(model, logits, cache, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator):
+        for row, value in zip(rows, token.tolist()):
+            row.append(value)
+        if stream:
+            complete = tokenizer.decode(rows[0]).rstrip("\ufffd")  # hold back a character still missing bytes
+            print(complete[len(shown):], end="", flush=True)
+            shown = complete
     elapsed = time.time() - started
-    print(tokenizer.decode(new_tokens)[len(shown):], end="")
-    print(f"\n[{len(new_tokens)} tokens in {elapsed:.2f}s, {len(new_tokens) / elapsed:.1f} tokens/s]")
+    if stream:
+        print(tokenizer.decode(rows[0])[len(shown):])
+    else:
+        for i, (text, row) in enumerate(zip(texts, rows)):
+            print(f"--- prompt {i}\n{text}{tokenizer.decode(row)}")
+    total = sum(len(row) for row in rows)
+    print(f"[{total} tokens in {elapsed:.2f}s, {total / elapsed:.1f} tokens/s; cache: {cache_summary(cache)}]")
 
 
 if __name__ == "__main__":

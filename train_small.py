@@ -258,9 +258,8 @@ def main(argv=None) -> None:
 
     val_loss = evaluate(model, corpus["val"], train)
     print(f"validation loss {val_loss:.4f} nats/token, perplexity {math.exp(val_loss):.2f}")
-    prompt = torch.tensor([tokenizer.encode("def ")])
     generator = torch.Generator().manual_seed(train.seed)
-    sample = [t.item() for t in generate(model.eval(), prompt, train.sample_tokens, 0.8, 50, None, generator)]
+    sample = [t.item() for t in generate(model.eval(), [tokenizer.encode("def ")], train.sample_tokens, 0.8, 50, None, generator)]
     print("sample:\n" + tokenizer.decode(tokenizer.encode("def ") + sample))
     print(f"next: python sample.py --ckpt {out} --prompt 'def '")
 

@@ -1,16 +1,19 @@
-"""Accounting for models that never need to be allocated: parameter counts and the preset table.
+"""Accounting for models that never need to be allocated: parameters, inference-cache bytes, tables.
 
 Models are built on PyTorch's meta device, which records shapes and allocates nothing, so even
-Jamba-v0.1's 52B parameters are counted in a second.
+Jamba-v0.1's 52B parameters are counted in a second. Cache bytes come from a formula per layer kind
+that equals, byte for byte, what cache.InferenceCache allocates (tests/test_cache.py checks this).
 
-    python -m nanohybrid.analysis presets            the README's preset table
+    python -m nanohybrid.analysis presets              the README's preset table
+    python -m nanohybrid.analysis cache                the published cache sizes, reproduced
+    python -m nanohybrid.analysis cache-plot out.png   cache bytes against context, every architecture
 """
 
 import argparse
 
 import torch
 
-from .config import PRESETS, get_config
+from .config import ARCHITECTURES, PRESETS, ModelConfig, get_config
 from .model import LanguageModel
 
 
@@ -55,11 +58,99 @@ def preset_table(names=None) -> str:
     return "\n".join(rows)
 
 
+def cache_bytes(config: ModelConfig, context: int, batch: int = 1, dtype=torch.float32, state_dtype=torch.float32,
+                meta_entries: bool = True, index_entries: bool = True) -> dict[tuple[int, str], int]:
+    """Bytes an InferenceCache holds after `context` real tokens (after the meta prefix), by (layer, kind).
+
+    dtype: keys, values and conv inputs (the activations' dtype); state_dtype: SSM and RG-LRU states,
+    fp32 in this implementation. meta_entries=False leaves the meta tokens' KV slots out and
+    index_entries=False the per-slot stream indices and document ids, as the papers' accounting does.
+    """
+    value_size, state_size = torch.tensor([], dtype=dtype).element_size(), torch.tensor([], dtype=state_dtype).element_size()
+    n_meta, sizes = config.n_meta_tokens, {}
+    for layer, spec in enumerate(config.layers):
+        if spec.mixer in ("attention", "hymba") and spec.kv_producer is None:
+            if spec.sliding_window is None:
+                slots = n_meta + context
+                kind = "kv-global"
+            else:
+                window_slots = spec.sliding_window - 1 if config.window_convention == "keys" else spec.sliding_window
+                slots = n_meta + min(context, window_slots)
+                kind = "kv-window"
+            slots -= 0 if meta_entries else n_meta
+            value_head = config.d_inner // config.n_heads if spec.mixer == "hymba" else config.qk_head_dim
+            sizes[(layer, kind)] = batch * slots * config.n_kv_heads * (config.qk_head_dim + value_head) * value_size
+            if index_entries:
+                sizes[(layer, "kv-index")] = batch * slots * 2 * 8  # int64 stream index and document id
+        if spec.mixer in ("mamba", "hymba"):
+            conv_channels, state = config.d_inner, config.d_inner * config.d_state
+        elif spec.mixer == "mamba2":
+            conv_channels = config.d_inner + 2 * config.mamba2_n_groups * config.d_state
+            state = config.d_inner * config.d_state  # H heads × P × N
+        elif spec.mixer == "rglru":
+            conv_channels, state = config.rglru_width, config.rglru_width
+        else:
+            continue
+        sizes[(layer, "conv")] = batch * conv_channels * (config.d_conv - 1) * value_size
+        sizes[(layer, "ssm")] = batch * state * state_size
+    return sizes
+
+
+# The published cache sizes, each in the unit its paper used (HYMBA.md §3): (preset, context, published, unit, divisor).
+PUBLISHED_CACHES = [
+    ("hymba-paper", 8192, 78.6, "MB (10^6 B)", 1e6),  # Hymba Table 1 row F; 3 global + 14 SWA producers, + SSM, conv
+    ("llama3-paper", 8192, 262, "B / 1,024,000", 1_024_000),  # Hymba Table 2, Llama-3.2-1B
+    ("llama3-paper-3b", 8192, 918, "B / 1,024,000", 1_024_000),  # Hymba Table 2, Llama-3.2-3B
+    ("jamba-paper", 262144, 4, "GiB (2^30 B)", 2**30),  # Jamba Table 1: 4GB of KV cache at 256K tokens
+]
+
+
+def published_cache_table() -> tuple[str, list[float]]:
+    """The published cache sizes next to ours: fp16 throughout, no meta-token slots, no index bookkeeping.
+    Returns the markdown table and each row's relative difference."""
+    rows = ["| model | context | published | unit | ours | difference |", "|---|---|---|---|---|---|"]
+    differences = []
+    for name, context, published, unit, divisor in PUBLISHED_CACHES:
+        sizes = cache_bytes(get_config(name), context, dtype=torch.float16, state_dtype=torch.float16,
+                            meta_entries=False, index_entries=False)
+        ours = sum(sizes.values()) / divisor
+        differences.append(ours / published - 1)
+        rows.append(f"| `{name}` | {context:,} | {published} | {unit} | {ours:.4g} | {differences[-1]:+.2%} |")
+    return "\n".join(rows), differences
+
+
+def plot_cache_sizes(path: str, size: str = "100m", contexts=tuple(2**k for k in range(8, 18))) -> None:
+    """Cache bytes (fp16, batch 1) against context length for every architecture's `size` preset."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for arch in ARCHITECTURES:
+        config = get_config(f"{arch}-{size}")
+        totals = [sum(cache_bytes(config, n, dtype=torch.float16, index_entries=False).values()) / 1e6 for n in contexts]
+        axis.plot(contexts, totals, marker="o", markersize=3, label=arch)
+    axis.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="cache (MB, fp16 KV)",
+             title=f"Inference cache against context, {size} presets")
+    axis.legend(fontsize=8, ncol=2)
+    axis.grid(True, which="major", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=["presets"], help="which table to print")
-    parser.parse_args()
-    print(preset_table())
+    parser.add_argument("what", choices=["presets", "cache", "cache-plot"])
+    parser.add_argument("path", nargs="?", default="cache_sizes.png", help="where cache-plot writes its PNG")
+    args = parser.parse_args()
+    if args.what == "presets":
+        print(preset_table())
+    elif args.what == "cache":
+        print(published_cache_table()[0])
+    else:
+        plot_cache_sizes(args.path)
+        print(f"wrote {args.path}")
 
 
 if __name__ == "__main__":

@@ -75,9 +75,9 @@ class AttentionCore(nn.Module):
             if ctx.cache is not None:
                 cache = ctx.state((self.layer_idx, "kv"))
                 if cache is None:
-                    cache = KVCache(k[:, :, :0], v[:, :, :0], key_index[:, :0], key_document[:, :0])
+                    cache = KVCache.empty(k, v, ctx.n_meta, self.max_distance)
                     ctx.save((self.layer_idx, "kv"), cache)
-                k, v, key_index, key_document = cache.extend(k, v, key_index, key_document, self.max_distance, ctx.n_meta)
+                k, v, key_index, key_document = cache.extend(k, v, key_index, key_document)
             ctx.shared_kv[self.layer_idx] = (k, v, key_index, key_document)
         mask = attention_mask(ctx.index, key_index, ctx.document, key_document, self.max_distance, ctx.n_meta)
         out = scaled_dot_product_attention(q, k, v, mask, self.scale)  # (b, h, l, hd_v)

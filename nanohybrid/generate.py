@@ -1,4 +1,4 @@
-"""Generation: prefill the prompt into an InferenceCache, then decode one token at a time.
+"""Generation: prefill each prompt into an InferenceCache, then decode one token at a time.
 
 Sampling follows the usual order: divide the logits by the temperature, keep the top-k, keep the
 smallest set of tokens whose probability reaches top-p (nucleus sampling, Holtzman et al. 2019),
@@ -33,13 +33,41 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
 
 @torch.no_grad()
-def generate(model, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-    """prompt (b, l) -> yields each new token (b,) as soon as it is chosen."""
-    cache = InferenceCache()
-    logits = model(prompt, cache=cache).logits[:, -1]
+def prefill(model, prompt: torch.Tensor, chunk_size: int | None = None) -> tuple[torch.Tensor, InferenceCache]:
+    """Run a prompt (b, l) into a fresh cache, in chunks of `chunk_size` tokens (all at once by default):
+    chunking bounds the memory of long prompts and gives the same result. -> last logits (b, V), cache."""
+    cache, step = InferenceCache(), chunk_size or prompt.shape[1]
+    for start in range(0, prompt.shape[1], step):
+        logits = model(prompt[:, start : start + step], cache=cache).logits
+    return logits[:, -1], cache
+
+
+@torch.no_grad()
+def prefill_prompts(model, prompts: list[list[int]], chunk_size: int | None = None) -> tuple[torch.Tensor, InferenceCache]:
+    """Prompts of any lengths (lists of token ids) -> their last logits (b, V) and one cache holding every row.
+    Each prompt is prefilled on its own, exactly as a batch of one would be; the cache keeps each row's length."""
+    if not prompts or any(len(prompt) == 0 for prompt in prompts):
+        raise ValueError("every prompt needs at least one token")
+    device = model.embedding.weight.device
+    rows = [prefill(model, torch.tensor([prompt], device=device), chunk_size) for prompt in prompts]
+    return torch.cat([logits for logits, _ in rows]), InferenceCache.stack([cache for _, cache in rows])
+
+
+@torch.no_grad()
+def decode(model, logits: torch.Tensor, cache: InferenceCache, max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """From the last logits (b, V) and the cache, yield each row's next token (b,) as soon as it is chosen;
+    the rows decode together, each at its own position."""
     for step in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)
         yield token
         if step + 1 < max_new_tokens:
             logits = model(token[:, None], cache=cache).logits[:, -1]
+
+
+def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, generator: torch.Generator | None = None,
+             prefill_chunk: int | None = None) -> Iterator[torch.Tensor]:
+    """Continue each prompt: prefill_prompts, then decode."""
+    logits, cache = prefill_prompts(model, prompts, prefill_chunk)
+    return decode(model, logits, cache, max_new_tokens, temperature, top_k, top_p, generator)

@@ -78,6 +78,7 @@ class LanguageModel(nn.Module):
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
         # sqrt(d) rounded to bf16, as RecurrentGemma multiplies its embeddings ("to match training").
         self.embedding_scale = torch.tensor(config.d_model**0.5, dtype=torch.bfloat16, device="cpu").item() if config.scale_embeddings else None
+        self._meta_prefix = None  # (weights fingerprint, InferenceCache): see meta_prefix()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -107,38 +108,24 @@ class LanguageModel(nn.Module):
 
     def forward(self, tokens, targets=None, positions=None, cache: InferenceCache | None = None) -> ModelOutput:
         """tokens (b, l); targets (b, l) next tokens, -100 to ignore; positions (b, l) RoPE positions of the
-        real tokens (0 marks a document start; default: their index in the stream); cache: continue a stream."""
-        batch, length = tokens.shape
-        config = self.config
-        start = 0 if cache is None else cache.length  # stream index of this call's first token
-        n_meta = config.n_meta_tokens
-        meta = n_meta > 0 and start == 0  # meta tokens open every stream
-        real_tokens = max(start - n_meta, 0) + length
-        if real_tokens > config.max_seq_len:
-            raise ValueError(
-                f"sequence of {real_tokens} tokens exceeds max_seq_len={config.max_seq_len} of this "
-                f"{config.arch} model; shorten the input or raise max_seq_len"
-            )
+        real tokens (0 marks a document start; default: their place in the stream); cache: an InferenceCache
+        to continue, or a fresh one, which starts from the precomputed meta-token prefix."""
+        config, n_meta = self.config, self.config.n_meta_tokens
+        if cache is not None and cache.length is None:
+            self._start(cache, tokens.shape[0])
+        prepend = n_meta > 0 and cache is None  # a full forward pass runs the meta tokens itself
         x = self.embedding(tokens)
         if self.embedding_scale is not None:
             x = x * self.embedding_scale
-        if meta:
+        if positions is not None and n_meta:  # the caller counts real tokens: shift them past the meta tokens
+            positions = positions + n_meta
+        if prepend:
             x = self.meta_tokens.prepend(x)
-        index = torch.arange(start, start + x.shape[1], device=tokens.device).expand(batch, -1)
-        if positions is None:
-            positions = index
-        elif meta:  # the caller's positions count real tokens: shift them past the meta tokens
-            positions = torch.cat([index[:, :n_meta], positions + n_meta], dim=1)
-        previous_document = 0 if cache is None or cache.document is None else cache.document[:, None]
-        document = previous_document + torch.cumsum(positions == 0, dim=1)  # a new document at every position 0
-        ctx = ForwardContext(positions=positions, index=index, document=document, n_meta=n_meta, cache=cache)
-        for block in self.blocks:
-            x = block(x, ctx)
-        if cache is not None:
-            cache.length += x.shape[1]
-            cache.document = document[:, -1]
+            if positions is not None:
+                positions = torch.cat([torch.arange(n_meta, device=x.device).expand(x.shape[0], -1), positions], dim=1)
+        x, ctx = self.run_blocks(x, positions, cache)
         x = self.final_norm(x)
-        if meta:
+        if prepend:
             x = self.meta_tokens.strip(x)
         logits = F.linear(x, self.embedding.weight) if self.lm_head is None else self.lm_head(x)
         if config.logit_softcap is not None:
@@ -151,3 +138,46 @@ class LanguageModel(nn.Module):
             if output.aux_loss is not None:
                 output.loss = output.loss + config.router_aux_loss_coef * output.aux_loss
         return output
+
+    def run_blocks(self, x: torch.Tensor, positions: torch.Tensor | None, cache: InferenceCache | None):
+        """x (b, l, d) embedded tokens, meta tokens included -> (b, l, d) after every block, and the context."""
+        batch, length, _ = x.shape
+        start = torch.zeros(batch, dtype=torch.long, device=x.device) if cache is None else cache.length
+        index = start[:, None] + torch.arange(length, device=x.device)  # (b, l) stream indices
+        real_tokens = int(index[:, -1].max()) + 1 - self.config.n_meta_tokens
+        if real_tokens > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {real_tokens} tokens exceeds max_seq_len={self.config.max_seq_len} of this "
+                f"{self.config.arch} model; shorten the input or raise max_seq_len"
+            )
+        if positions is None:
+            positions = index
+        previous_document = 0 if cache is None else cache.document[:, None]
+        document = previous_document + torch.cumsum(positions == 0, dim=1)  # a new document at every position 0
+        ctx = ForwardContext(positions, index, document, self.config.n_meta_tokens, cache)
+        for block in self.blocks:
+            x = block(x, ctx)
+        if cache is not None:
+            cache.length, cache.document = index[:, -1] + 1, document[:, -1]
+        return x, ctx
+
+    def _start(self, cache: InferenceCache, batch: int) -> None:
+        """Begin a fresh cache: from the meta-token prefix if the model has meta tokens, else empty."""
+        if self.meta_tokens is None:
+            cache.length = cache.document = torch.zeros(batch, dtype=torch.long, device=self.embedding.weight.device)
+            return
+        prefix = self.meta_prefix().repeat(batch)
+        cache.states, cache.length, cache.document = prefix.states, prefix.length, prefix.document
+
+    @torch.no_grad()
+    def meta_prefix(self) -> InferenceCache:
+        """The meta tokens' keys, values, conv and SSM states, for one row: Hymba's "learned cache
+        initialisation". Computed once and reused for every prompt; recomputed only after a weight changes
+        (an in-place update bumps a parameter's version counter; loading new weights moves or bumps them)."""
+        fingerprint = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        if self._meta_prefix is None or self._meta_prefix[0] != fingerprint:
+            cache = InferenceCache()
+            cache.length = cache.document = torch.zeros(1, dtype=torch.long, device=self.embedding.weight.device)
+            self.run_blocks(self.meta_tokens.embeddings[None], None, cache)
+            self._meta_prefix = (fingerprint, cache)
+        return self._meta_prefix[1]

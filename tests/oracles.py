@@ -32,3 +32,7 @@ def import_mamba_ssm_references():
     except ImportError as error:
         pytest.skip(f"mamba_ssm oracle not installed ({error}): bash tests/install_oracles.sh")
     return selective_scan_ref, ssd_minimal_discrete
+
+
+__all__ = ["transformers", "modeling_jamba", "modeling_llama", "modeling_mamba", "modeling_mamba2", "modeling_mistral",
+           "modeling_recurrent_gemma", "import_mamba_ssm_references"]

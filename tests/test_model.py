@@ -1,5 +1,5 @@
-"""Whole models: causality for every preset; the full forward, chunked continuation and token-by-token
-decoding agree for every architecture; published parameter counts; clear errors for bad input."""
+"""Whole models: causality for every preset; recurrent mixers continue from any state; published
+parameter counts; clear errors for bad input. (Decoding against the full forward: test_cache.py.)"""
 
 import pytest
 import torch
@@ -29,58 +29,6 @@ def test_changing_a_token_never_changes_earlier_logits(name):
         before, after = model(tokens).logits, model(edited).logits
     assert_close(after[:, :changed], before[:, :changed], 1e-6, "logits before the edit")
     assert (after[:, changed] - before[:, changed]).abs().max() > 1e-4, "the edited token itself must matter"
-
-
-def generate_logits(model, tokens, chunks):
-    """Feed `tokens` in consecutive chunks of the given sizes through one cache; returns all logits."""
-    cache, logits, start = InferenceCache(), [], 0
-    for size in chunks:
-        logits.append(model(tokens[:, start : start + size], cache=cache).logits)
-        start += size
-    assert start == tokens.shape[1]
-    return torch.cat(logits, dim=1)
-
-
-DECODING_CASES = [(name, {}) for name in TINY] + [
-    ("hymba-tiny", {"n_meta_tokens": 0}),
-    ("hymba-tiny", {"share_kv": False}),
-    ("griffin-tiny", {"window_convention": "keys"}),
-    ("llama3-tiny", {"sliding_window": 8}),  # Mistral
-    ("mamba2-tiny", {"mamba2_n_groups": 1, "chunk_size": 5}),
-]
-
-
-@pytest.mark.parametrize("name, overrides", DECODING_CASES, ids=[f"{n}{o or ''}" for n, o in DECODING_CASES])
-def test_chunked_prefill_and_decoding_equal_the_full_forward(name, overrides):
-    """Length 27 passes the window (8) several times; chunks of 11 and 5 are not multiples of anything."""
-    model = build(name, **overrides)
-    tokens = torch.randint(0, model.config.vocab_size, (2, 27), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        full = model(tokens).logits
-        chunked = generate_logits(model, tokens, [11, 5, 11])
-        decoded = generate_logits(model, tokens, [3] + [1] * 24)
-    assert_close(chunked, full, SAME_MATH, "chunked prefill")
-    assert_close(decoded, full, SAME_MATH, "token by token")
-
-
-@pytest.mark.parametrize("name", ["griffin-tiny", "llama3-tiny"])
-def test_decoding_across_a_document_start_equals_the_full_forward(name):
-    """Positions restart at token 10 of row 1: RG-LRU resets and attention stays inside each document.
-    (Griffin's conv still reads the last 3 tokens of the previous document, as in transformers.)"""
-    model = build(name)
-    tokens = torch.randint(0, model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(5))
-    positions = torch.arange(20).repeat(2, 1)
-    positions[1, 10:] -= 10
-    with torch.no_grad():
-        full = model(tokens, positions=positions).logits
-        cache = InferenceCache()
-        decoded = [model(tokens[:, :4], positions=positions[:, :4], cache=cache).logits]
-        for t in range(4, 20):
-            decoded.append(model(tokens[:, t : t + 1], positions=positions[:, t : t + 1], cache=cache).logits)
-        second_document_alone = model(tokens[1:, 10:]).logits
-    assert_close(torch.cat(decoded, dim=1), full, SAME_MATH, "decoded")
-    if name == "llama3-tiny":
-        assert_close(full[1:, 10:], second_document_alone, SAME_MATH, "a document does not see the one before")
 
 
 @pytest.mark.parametrize("name", ["mamba-tiny", "mamba2-tiny", "hawk-tiny", "hymba-tiny"])
