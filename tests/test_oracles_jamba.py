@@ -28,7 +28,7 @@ import nanohybrid.moe
 from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
 from nanohybrid.testing import SAME_MATH, assert_close, relative_error
-from tests.oracles import modeling_jamba, transformers
+from tests.oracles import assert_every_parameter_copied, modeling_jamba, transformers
 
 AUX_COEF = 0.1
 HF_KWARGS = dict(
@@ -123,14 +123,7 @@ def test_config_matches_hf_layer_pattern(pair):
 def test_weight_mapping_covers_every_parameter_on_both_sides(pair):
     hf, ours = pair
     hf_params = dict(hf.named_parameters())
-    read = set()
-    for name, parameter in ours.named_parameters():
-        tensor, source = hf_weight(name, hf_params, ours.config.d_ff)
-        assert tensor.shape == parameter.shape, f"{name} <- {source}: {tuple(tensor.shape)} vs {tuple(parameter.shape)}"
-        assert torch.equal(tensor, parameter), f"{name} was not copied from {source}"
-        read.add(source)
-    assert read == set(hf_params), f"HF parameters never read: {sorted(set(hf_params) - read)}"
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
+    assert_every_parameter_copied(ours, hf, lambda name: hf_weight(name, hf_params, ours.config.d_ff))
 
 
 def test_logits_router_logits_aux_and_loss_match_hf(pair, tokens):

@@ -38,7 +38,7 @@ import nanohybrid.rglru
 from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
 from nanohybrid.testing import SAME_MATH, assert_close, relative_error
-from tests.oracles import modeling_recurrent_gemma, transformers
+from tests.oracles import assert_every_parameter_copied, modeling_recurrent_gemma, transformers
 
 D_MODEL, VOCAB, WINDOW, LENGTH, RESET_AT = 64, 128, 8, 24, 13
 MATERIAL = 1e-3  # 100x SAME_MATH: what a convention that differs from HF's must miss by
@@ -127,14 +127,7 @@ def test_config_matches_hf_layer_pattern(pair):
 def test_weight_mapping_covers_every_parameter_on_both_sides(pair):
     hf, ours = pair
     hf_params = dict(hf.named_parameters())  # the tied lm_head appears once, as the embedding
-    read = set()
-    for name, parameter in ours.named_parameters():
-        source = hf_name(name)
-        assert source in hf_params, f"{name} -> {source}: no such HF parameter"
-        assert torch.equal(hf_params[source], parameter), f"{name} was not copied from {source}"
-        read.add(source)
-    assert read == set(hf_params), f"HF parameters never read: {sorted(set(hf_params) - read)}"
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
+    assert_every_parameter_copied(ours, hf, lambda name: (hf_params[hf_name(name)], hf_name(name)))
 
 
 def test_logits_match_hf_beyond_the_window(pair, tokens):
