@@ -17,6 +17,8 @@ are ../shared/papers/HYMBA.md (Hymba) and ARCHITECTURES.md (the others).
 import math
 from dataclasses import dataclass, fields, replace
 
+from .meta_tokens import DEFAULT_META_TOKENS
+
 ARCHITECTURES = ("hymba", "jamba", "griffin", "hawk", "samba", "mamba2", "mamba2-ffn", "llama3", "mamba")
 
 
@@ -193,7 +195,7 @@ def layer_pattern(config: ModelConfig) -> tuple[LayerSpec, ...]:
 # reach the same parameter count as its peers.
 
 ARCH_DEFAULTS = {
-    "hymba": dict(ssm_inner_norms=True, window_convention="distance", norm_eps=1e-6, n_meta_tokens=128),
+    "hymba": dict(ssm_inner_norms=True, window_convention="distance", norm_eps=1e-6, n_meta_tokens=DEFAULT_META_TOKENS),
     "jamba": dict(ssm_inner_norms=True, rotary_fraction=0.0, norm_eps=1e-6, tie_embeddings=False),
     "griffin": dict(norm_offset=True, mlp_activation="gelu_tanh", mlp_bias=True, attention_out_bias=True,
                     n_kv_heads=1, rotary_fraction=0.5, window_convention="distance", norm_eps=1e-6),
