@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from nanohybrid.config import ModelConfig, get_config
-from nanohybrid.generate import decode, prefill_prompts
+from nanohybrid.generate import check_length, check_sampling, decode, prefill_prompts
 from nanohybrid.model import LanguageModel
 from nanohybrid.tokenizer import load_tokenizer
 from train_small import load_checkpoint
@@ -65,6 +65,8 @@ def main(argv=None) -> None:
     prompts = [tokenizer.encode(text) for text in texts]
     if not all(prompts):
         raise ValueError("a prompt is empty; give every --prompt some text")
+    check_length(model, prompts, args.max_new_tokens)
+    check_sampling(args.temperature, args.top_k, args.top_p)
     generator = torch.Generator().manual_seed(args.seed)
     stream = len(prompts) == 1  # one prompt: print tokens as they come; several: print each at the end
     if stream:

@@ -15,9 +15,19 @@ import torch
 from .cache import InferenceCache
 
 
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not temperature >= 0:
+        raise ValueError(f"temperature={temperature}: use 0 (greedy) or a positive number")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k}: keep at least 1 token, or leave it unset")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p}: use a probability in (0, 1], or leave it unset")
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """logits (b, V) -> next tokens (b,)."""
+    check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -30,6 +40,13 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         outside = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # tokens after the nucleus is full
         logits = logits.masked_fill(outside.scatter(1, order, outside), float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+
+
+def check_length(model, prompts: list[list[int]], max_new_tokens: int) -> None:
+    longest, limit = max(len(prompt) for prompt in prompts), model.config.max_seq_len
+    if max_new_tokens < 0 or longest + max_new_tokens > limit:
+        raise ValueError(f"a prompt of {longest} tokens plus {max_new_tokens} new tokens does not fit max_seq_len={limit}; "
+                         "shorten the prompt or ask for fewer tokens")
 
 
 @torch.no_grad()
@@ -69,5 +86,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
              top_p: float | None = None, generator: torch.Generator | None = None,
              prefill_chunk: int | None = None) -> Iterator[torch.Tensor]:
     """Continue each prompt: prefill_prompts, then decode."""
+    check_length(model, prompts, max_new_tokens)
+    check_sampling(temperature, top_k, top_p)
     logits, cache = prefill_prompts(model, prompts, prefill_chunk)
     return decode(model, logits, cache, max_new_tokens, temperature, top_k, top_p, generator)

@@ -1,6 +1,10 @@
 """sample.py end to end: a preset with random weights, a checkpoint written by train_small.py's saver,
 batched prompts, and clear errors for a missing or damaged checkpoint."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -58,3 +62,18 @@ def test_damaged_weights_are_a_clear_error(checkpoint):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ValueError, match="the checkpoint is damaged"):
         sample.main(["--ckpt", str(path)])
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--preset", "hymba-huge"], "unknown preset 'hymba-huge'; valid presets: hymba-tiny"),
+    (["--preset", "llama3-tiny", "--temperature", "-1"], "temperature=-1.0"),
+    (["--preset", "llama3-tiny", "--top-k", "0"], "top_k=0"),
+    (["--preset", "llama3-tiny", "--top-p", "1.5"], "top_p=1.5"),
+    (["--preset", "llama3-tiny", "--prompt", "x" * 500, "--max-new-tokens", "20"], "500 tokens plus 20 new tokens"),
+    (["--ckpt", "no/such/run"], "is not a readable checkpoint"),
+])
+def test_bad_input_exits_non_zero_with_one_line(arguments, message):
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "sample.py", *arguments], cwd=repo, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
