@@ -17,7 +17,9 @@ Shape glossary
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from . import ops
 from .cache import ForwardContext, KVCache
 from .config import LayerSpec, ModelConfig
 from .layers import RotaryEmbedding
@@ -46,6 +48,21 @@ def scaled_dot_product_attention(q, k, v, mask, scale: float) -> torch.Tensor:
     scores = torch.einsum("bhld,bhsd->bhls", q.float(), k.float()) * scale
     probabilities = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
     return torch.einsum("bhls,bhsd->bhld", probabilities, v.float()).to(v.dtype)
+
+
+@ops.register("attention", "reference")
+def attention(q, k, v, query_index, key_index, query_document, key_document, max_distance, n_meta, scale):
+    """The attention op: the mask built from stream indices and documents, then explicit softmax attention.
+    q (b, h, l, hd), k (b, h_kv, s, hd), v (b, h_kv, s, hd_v); indices and documents (b, l), (b, s) -> (b, h, l, hd_v)."""
+    mask = attention_mask(query_index, key_index, query_document, key_document, max_distance, n_meta)
+    return scaled_dot_product_attention(q, k, v, mask, scale)
+
+
+@ops.register("attention", "sdpa")
+def attention_sdpa(q, k, v, query_index, key_index, query_document, key_document, max_distance, n_meta, scale):
+    """The same op through PyTorch's fused scaled_dot_product_attention (the fast CPU path)."""
+    mask = attention_mask(query_index, key_index, query_document, key_document, max_distance, n_meta)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 
 
 class AttentionCore(nn.Module):
@@ -79,8 +96,8 @@ class AttentionCore(nn.Module):
                     ctx.save((self.layer_idx, "kv"), cache)
                 k, v, key_index, key_document = cache.extend(k, v, key_index, key_document)
             ctx.shared_kv[self.layer_idx] = (k, v, key_index, key_document)
-        mask = attention_mask(ctx.index, key_index, ctx.document, key_document, self.max_distance, ctx.n_meta)
-        out = scaled_dot_product_attention(q, k, v, mask, self.scale)  # (b, h, l, hd_v)
+        out = ops.attention(q, k, v, ctx.index, key_index, ctx.document, key_document,  # (b, h, l, hd_v)
+                            self.max_distance, ctx.n_meta, self.scale)
         return out.transpose(1, 2).flatten(2)
 
 

@@ -18,11 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import ops
 from .cache import ForwardContext, RecurrentState
 from .config import ModelConfig
 from .layers import CausalConv1d, RMSNorm
-from .scan import selective_scan
-from .ssd import ssd_chunked
 
 
 def init_dt_bias(bias: torch.Tensor, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_floor: float = 1e-4) -> None:
@@ -71,7 +70,7 @@ class SelectiveSSM(nn.Module):
             dt, B, C = self.dt_norm(dt), self.B_norm(B), self.C_norm(C)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, l, E); the bias is added inside the scan, before softplus
         A = -torch.exp(self.A_log.float())  # (E, N), negative so the state decays
-        y, ssm_state = selective_scan(
+        y, ssm_state = ops.selective_scan(
             x, dt, A, B, C, self.D, z, dt_bias=self.dt_proj.bias, dt_softplus=True,
             initial_state=None if state is None else state.ssm,
         )
@@ -130,7 +129,7 @@ class Mamba2(nn.Module):
         B, C = B.unflatten(-1, (self.groups, self.state_size)), C.unflatten(-1, (self.groups, self.state_size))
         dt = F.softplus(dt.float() + self.dt_bias.float())  # (b, l, H)
         A = -torch.exp(self.A_log.float())  # (H,)
-        y, ssm_state = ssd_chunked(x, dt, A, B, C, self.chunk_size, None if state is None else state.ssm)
+        y, ssm_state = ops.ssd(x, dt, A, B, C, self.chunk_size, None if state is None else state.ssm)
         y = y + self.D[:, None].to(y.dtype) * x  # the D skip, per head
         ctx.save((self.layer_idx, "ssm"), RecurrentState(conv_state, ssm_state))
         return self.out_proj(self.norm(y.flatten(-2) * F.silu(z)))

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import ops
 from .config import ModelConfig
 
 
@@ -27,19 +28,21 @@ def route(router_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     return torch.topk(router_logits.float().softmax(dim=-1), k, dim=-1)
 
 
+@ops.register("moe_experts", "reference")
 def moe_experts(x, expert_weights, experts, gate_proj, up_proj, down_proj) -> torch.Tensor:
     """The experts, one at a time: each runs on the tokens routed to it.
 
     x (t, d); expert_weights, experts (t, k); gate_proj, up_proj (n, I, d); down_proj (n, d, I) -> (t, d).
     """
-    out = torch.zeros_like(x, dtype=torch.float32)
+    accumulate = torch.promote_types(x.dtype, torch.float32)  # the weighted sum over experts, in fp32 at least
+    out = torch.zeros(x.shape, dtype=accumulate, device=x.device)
     for expert in range(gate_proj.shape[0]):
         token, slot = torch.nonzero(experts == expert, as_tuple=True)
         if token.numel() == 0:
             continue
         h = x[token]
         h = F.linear(F.silu(F.linear(h, gate_proj[expert])) * F.linear(h, up_proj[expert]), down_proj[expert])
-        out.index_add_(0, token, h.float() * expert_weights[token, slot, None])
+        out.index_add_(0, token, h.to(accumulate) * expert_weights[token, slot, None].to(accumulate))
     return out.to(x.dtype)
 
 
@@ -72,5 +75,5 @@ class MixtureOfExperts(nn.Module):
         tokens = x.flatten(0, 1)
         router_logits = self.router(tokens)
         expert_weights, experts = route(router_logits, self.k)
-        y = moe_experts(tokens, expert_weights, experts, self.gate_proj, self.up_proj, self.down_proj)
+        y = ops.moe_experts(tokens, expert_weights, experts, self.gate_proj, self.up_proj, self.down_proj)
         return y.view_as(x), router_logits

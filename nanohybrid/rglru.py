@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import ops
 from .cache import ForwardContext, RecurrentState
 from .config import ModelConfig
 from .layers import CausalConv1d
@@ -41,6 +42,7 @@ class SqrtBoundedGradient(torch.autograd.Function):
         return grad / torch.sqrt(torch.clamp(4.0 * u, min=MAX_SQRT_GRADIENT**-2))
 
 
+@ops.register("rglru_scan", "reference")
 def rglru_scan(x, log_a, reset, initial_state=None):
     """The recurrence over a sequence. x = i_t ⊙ x_t and log_a (b, l, R); reset (b, l) bool; initial_state (b, R) or None.
 
@@ -98,7 +100,7 @@ class RGLRU(nn.Module):
         """x (b, l, R), reset (b, l) bool, state (b, R) or None -> h (b, l, R), final state (b, R)."""
         log_a = -GATE_CONSTANT * torch.sigmoid(self.recurrence_gate(x)) * F.softplus(self.recurrent_param)
         gated_x = x * torch.sigmoid(self.input_gate(x))
-        return rglru_scan(gated_x, log_a, reset, state)
+        return ops.rglru_scan(gated_x, log_a, reset, state)
 
 
 class RecurrentBlock(nn.Module):

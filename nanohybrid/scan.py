@@ -19,7 +19,10 @@ Shape glossary
 import torch
 import torch.nn.functional as F
 
+from . import ops
 
+
+@ops.register("selective_scan", "reference")
 def selective_scan(
     x: torch.Tensor,
     dt: torch.Tensor,

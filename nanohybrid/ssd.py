@@ -21,6 +21,8 @@ Shape glossary
 
 import torch
 
+from . import ops
+
 
 def _heads_from_groups(BC: torch.Tensor, n_heads: int) -> torch.Tensor:
     """(b, l, g, n) -> (b, l, h, n): consecutive heads share one group's B or C."""
@@ -85,7 +87,8 @@ def ssd_quadratic(x, dt, A, B, C, initial_state=None):
     return y.to(x.dtype), final
 
 
-def ssd_chunked(x, dt, A, B, C, chunk_size: int, initial_state=None):
+@ops.register("ssd", "reference")
+def ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=None):
     """The four-step chunked algorithm (SSD paper §6). Any length: the tail is padded with Δ = 0,
     which leaves the state untouched (α = 1, no input)."""
     batch, length, heads, head_dim = x.shape

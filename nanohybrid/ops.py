@@ -1,0 +1,208 @@
+"""The kernel registry: every op the model runs, by name, with the implementations that can run it.
+
+The model never calls a kernel directly: it calls `ops.selective_scan(...)`, `ops.attention(...)` and
+so on, and the registry picks the implementation. Choose one in four ways (later ones win):
+
+    default            CPU: the readable reference (SDPA for attention); CUDA: our Triton kernels,
+                       or the upstream CUDA kernels (mamba_ssm, flash-attn) when they are installed
+    environment        NANOHYBRID_KERNELS="rglru_scan=triton,attention=sdpa"
+    command line       train_small.py / sample.py --kernels=rglru_scan=triton (same syntax)
+    code               with ops.use(rglru_scan="triton"): ...
+
+A value is an implementation name, "auto" (the default rule), or a student's function given as
+"path/to/file.py:function", checked against the reference's signature when it is loaded. Naming an
+implementation that cannot run on the input's device or dtype is an error, never a silent fallback.
+
+Each implementation declares the devices and dtypes it supports and whether it has a backward pass.
+"""
+
+import contextlib
+import functools
+import importlib.util
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+OPS = ("selective_scan", "ssd", "rglru_scan", "attention", "moe_experts")
+REFERENCE_MODULES = {"selective_scan": "scan", "ssd": "ssd", "rglru_scan": "rglru", "attention": "attention",
+                     "moe_experts": "moe"}  # where each op's readable reference lives (it registers on import)
+FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class Implementation:
+    op: str
+    name: str
+    function: Callable
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...] = FLOATS
+    backward: bool = True
+
+    def supports(self, device: str, dtype: torch.dtype) -> bool:
+        return device in self.devices and dtype in self.dtypes
+
+
+REGISTRY: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
+_selection_stack: list[dict[str, str]] = []
+_backends_loaded = False
+
+
+def register(op: str, name: str, devices=("cpu", "cuda"), dtypes=FLOATS, backward: bool = True):
+    """Decorator: register `function` as implementation `name` of `op`."""
+    if op not in REGISTRY:
+        raise ValueError(f"unknown op {op!r}; ops are {', '.join(OPS)}")
+
+    def decorate(function):
+        REGISTRY[op][name] = Implementation(op, name, function, tuple(devices), tuple(dtypes), backward)
+        return function
+    return decorate
+
+
+def implementations(op: str) -> dict[str, Implementation]:
+    """Every registered implementation of `op`, its reference always included."""
+    if op not in REGISTRY:
+        raise ValueError(f"unknown op {op!r}; ops are {', '.join(OPS)}")
+    importlib.import_module(f"{__package__}.{REFERENCE_MODULES[op]}")
+    return REGISTRY[op]
+
+
+def load_backends() -> None:
+    """Import the Triton kernels (and the upstream ones, where installed) so that they register.
+
+    Triton's interpreter must be switched on before a kernel is defined when there is no GPU.
+    """
+    global _backends_loaded
+    if not _backends_loaded:
+        _backends_loaded = True
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+        import kernels  # noqa: F401  (registers on import)
+
+
+def parse_selection(text: str) -> dict[str, str]:
+    """"rglru_scan=triton,attention=sdpa" -> {"rglru_scan": "triton", "attention": "sdpa"};
+    a bare name ("triton", "reference", "auto") selects it for every op."""
+    selection = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        op, equals, name = item.partition("=")
+        if not equals:
+            selection.update({each: op for each in OPS})
+            continue
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r} in kernel selection {text!r}; ops are {', '.join(OPS)}")
+        selection[op] = name
+    for op, name in selection.items():
+        resolve(op, name)  # fail now, not at the first forward pass
+    return selection
+
+
+@functools.cache
+def _parsed(text: str) -> dict[str, str]:
+    return parse_selection(text)
+
+
+def _environment_selection() -> dict[str, str]:
+    return _parsed(os.environ.get("NANOHYBRID_KERNELS", ""))
+
+
+@contextlib.contextmanager
+def use(**selection: str):
+    """with ops.use(rglru_scan="triton", attention="sdpa"): ..."""
+    for op, name in selection.items():
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r}; ops are {', '.join(OPS)}")
+        resolve(op, name)
+    _selection_stack.append(selection)
+    try:
+        yield
+    finally:
+        _selection_stack.pop()
+
+
+@functools.cache
+def load_student_function(op: str, spec: str) -> Implementation:
+    """"path/to/file.py:function" -> an Implementation, after checking its parameters against the reference.
+    Loaded once per (op, spec)."""
+    path, _, function_name = spec.rpartition(":")
+    if not path or not Path(path).is_file():
+        raise ValueError(f"{op}={spec}: no such file {path!r}; write path/to/file.py:function")
+    module_spec = importlib.util.spec_from_file_location(f"student_{op}_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ValueError(f"{op}={spec}: {path} defines no function {function_name!r}")
+    expected = list(inspect.signature(implementations(op)["reference"].function).parameters)
+    found = list(inspect.signature(function).parameters)
+    if found != expected:
+        raise ValueError(f"{op}={spec}: {function_name}({', '.join(found)}) must take ({', '.join(expected)})")
+    return Implementation(op, spec, function, ("cpu", "cuda"))
+
+
+def resolve(op: str, name: str) -> Implementation | None:
+    """The implementation a selection names (None for "auto"); an unknown name lists what is registered."""
+    if name == "auto":
+        return None
+    if ".py:" in name:
+        return load_student_function(op, name)
+    if name not in implementations(op):
+        load_backends()
+    if name not in REGISTRY[op]:
+        raise ValueError(f"unknown implementation {name!r} of {op}; registered: {', '.join(REGISTRY[op])}")
+    return REGISTRY[op][name]
+
+
+def default(op: str, device: str, dtype: torch.dtype) -> Implementation:
+    """The "auto" rule: upstream CUDA kernels, else ours, on CUDA; the reference (SDPA for attention) on CPU."""
+    if device == "cuda":
+        load_backends()
+        preference = ("upstream", "triton", "reference")
+    else:
+        preference = ("sdpa", "reference") if op == "attention" else ("reference",)
+    for name in preference:
+        implementation = implementations(op).get(name)
+        if implementation is not None and implementation.supports(device, dtype):
+            return implementation
+    raise ValueError(f"no implementation of {op} runs on {device} in {dtype}; registered: {', '.join(REGISTRY[op])}")
+
+
+def select(op: str, device: str, dtype: torch.dtype) -> Implementation:
+    name = "auto"
+    for selection in [_environment_selection(), *_selection_stack]:
+        name = selection.get(op, name)
+    implementation = resolve(op, name)
+    if implementation is None:
+        return default(op, device, dtype)
+    if not implementation.supports(device, dtype):
+        raise ValueError(f"{op}={implementation.name} does not run on {device} in {dtype} "
+                         f"(it supports {', '.join(implementation.devices)}); choose another or auto")
+    return implementation
+
+
+def _run(op: str, first: torch.Tensor, *args, **kwargs):
+    return select(op, first.device.type, first.dtype).function(first, *args, **kwargs)
+
+
+# The ops, with the reference's signatures (see each reference function for shapes).
+def selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None):
+    return _run("selective_scan", x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state)
+
+
+def ssd(x, dt, A, B, C, chunk_size, initial_state=None):
+    return _run("ssd", x, dt, A, B, C, chunk_size, initial_state)
+
+
+def rglru_scan(x, log_a, reset, initial_state=None):
+    return _run("rglru_scan", x, log_a, reset, initial_state)
+
+
+def attention(q, k, v, query_index, key_index, query_document, key_document, max_distance, n_meta, scale):
+    return _run("attention", q, k, v, query_index, key_index, query_document, key_document, max_distance, n_meta, scale)
+
+
+def moe_experts(x, expert_weights, experts, gate_proj, up_proj, down_proj):
+    return _run("moe_experts", x, expert_weights, experts, gate_proj, up_proj, down_proj)

@@ -1,0 +1,240 @@
+"""The parity suite: does an implementation of an op compute what the readable reference computes?
+
+For every op there are input cases chosen to break kernels (lengths that are not multiples of a block
+or chunk, batch, heads and groups above one, non-zero initial states, single-token decoding, masks
+with holes). For each case it compares, against the reference: the forward output, the final state,
+and the gradient of every floating-point input under the same random upstream gradient. While the
+candidate runs, every fresh float allocation (torch.empty, torch.empty_like) is filled with NaN, so a
+kernel that leaves part of its output unwritten fails instead of passing by luck.
+
+Bounds (relative error, see testing.py):
+  fp32   KERNEL_FP32 = 1e-4: a kernel sums in a different order (blocks, chunks, atomics) and may
+         use exp2/log2 forms; rounding then differs from the reference by ~1e-6, growing with length.
+         1e-4 leaves room for that while a wrong mask, gate or index gives errors near 1.
+  bf16   (GPU) at most 2x PyTorch's own error: the reference run in bf16, against the reference in fp64.
+
+tests/test_kernels.py runs it over the whole registry; lessons/assignments/grade.py over a student's file.
+"""
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .testing import relative_error
+
+KERNEL_FP32 = 1e-4
+BF16_FACTOR = 2.0
+
+
+@dataclass
+class Check:
+    case: str
+    quantity: str
+    error: float
+    bound: float
+    message: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not self.message and self.error <= self.bound
+
+    def __str__(self) -> str:
+        verdict = "pass" if self.passed else "FAIL"
+        detail = self.message or f"relative error {self.error:.2e} (bound {self.bound:.0e})"
+        return f"{verdict}  {self.case}: {self.quantity}: {detail}"
+
+
+def _case_inputs(op: str, case: dict, generator: torch.Generator) -> dict:
+    """The keyword arguments of one case, in fp32 on the CPU."""
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+    if op == "selective_scan":
+        b, l, d, n = case["shape"]
+        inputs = dict(x=randn(b, l, d), dt=randn(b, l, d) - 1, A=-torch.exp(randn(d, n) * 0.5),
+                      B=randn(b, l, n), C=randn(b, l, n))
+        if case.get("full", True):
+            inputs.update(D=randn(d), z=randn(b, l, d), dt_bias=randn(d) * 0.5, dt_softplus=True,
+                          initial_state=randn(b, d, n))
+        else:
+            inputs["dt"] = F.softplus(inputs["dt"])
+        return inputs
+    if op == "ssd":
+        b, l, h, p, g, n, chunk = case["shape"]
+        inputs = dict(x=randn(b, l, h, p), dt=F.softplus(randn(b, l, h) - 1), A=-torch.exp(randn(h)),
+                      B=randn(b, l, g, n), C=randn(b, l, g, n), chunk_size=chunk)
+        if case.get("initial", True):
+            inputs["initial_state"] = randn(b, h, p, n)
+        return inputs
+    if op == "rglru_scan":
+        b, l, r = case["shape"]
+        reset = torch.zeros(b, l, dtype=torch.bool)
+        for row, position in case.get("resets", []):
+            reset[row, position] = True
+        inputs = dict(x=randn(b, l, r), log_a=-F.softplus(randn(b, l, r)) * 0.3, reset=reset)
+        if case.get("initial", True):
+            inputs["initial_state"] = randn(b, r)
+        return inputs
+    if op == "attention":
+        b, h, h_kv, l, s, hd, hd_v = case["shape"]
+        query_index, key_index, query_document, key_document = case["layout"](b, l, s)
+        return dict(q=randn(b, h, l, hd), k=randn(b, h_kv, s, hd), v=randn(b, h_kv, s, hd_v),
+                    query_index=query_index, key_index=key_index, query_document=query_document,
+                    key_document=key_document, max_distance=case.get("max_distance"), n_meta=case.get("n_meta", 0),
+                    scale=hd**-0.5)
+    if op == "moe_experts":
+        t, d, hidden, n, k = case["shape"]
+        logits = randn(t, n)
+        if "unused_expert" in case:
+            logits[:, case["unused_expert"]] = -1e9  # no token is routed to it
+        weights, experts = torch.topk(logits.softmax(-1), k, dim=-1)
+        return dict(x=randn(t, d), expert_weights=weights, experts=experts, gate_proj=randn(n, hidden, d) * d**-0.5,
+                    up_proj=randn(n, hidden, d) * d**-0.5, down_proj=randn(n, d, hidden) * hidden**-0.5)
+    raise ValueError(f"unknown op {op!r}; ops are {', '.join(ops.OPS)}")
+
+
+def _stream(b, l, s):
+    """Prefill of s keys, the last l of them queried: one document, every slot filled in order."""
+    key_index = torch.arange(s).expand(b, s)
+    return key_index[:, s - l :], key_index, torch.ones(b, l, dtype=torch.long), torch.ones(b, s, dtype=torch.long)
+
+
+def _ring_decode(b, l, s):
+    """Decoding l tokens as the cache lays them out: 4 meta slots, a ring of s - 4 - l slots written
+    modulo its size (so out of order), then the new tokens. Row 0 has wrapped its ring; row 1, at a
+    different length, has not filled it yet: its slots never written hold EMPTY."""
+    from .cache import EMPTY
+    ring, rows = s - 4 - l, []
+    for length in (4 + 3 * ring + 1, 4 + ring - 2)[:b]:
+        slots = [EMPTY] * ring
+        for i in range(max(4, length - ring), length):
+            slots[(i - 4) % ring] = i
+        rows.append(list(range(4)) + slots + list(range(length, length + l)))
+    key_index = torch.tensor(rows)
+    return key_index[:, -l:], key_index, torch.ones(b, l, dtype=torch.long), torch.ones(b, s, dtype=torch.long)
+
+
+def _documents(b, l, s):
+    """Three packed documents; attention must stop at their boundaries."""
+    query_index, key_index, _, _ = _stream(b, l, s)
+    document = torch.bucketize(key_index, torch.tensor([s // 3, 2 * s // 3]), right=True)
+    return query_index, key_index, document[:, s - l :], document
+
+
+CASES = {
+    "selective_scan": {
+        "odd length, D, z, dt bias, initial state": dict(shape=(2, 37, 12, 4)),
+        "bare, state 16": dict(shape=(1, 16, 8, 16), full=False),
+        "one token": dict(shape=(3, 1, 8, 4)),
+    },
+    "ssd": {
+        "odd length, 2 groups, initial state": dict(shape=(2, 37, 4, 8, 2, 8, 16)),
+        "two whole chunks, no initial state": dict(shape=(1, 64, 2, 16, 1, 16, 32), initial=False),
+        "one token": dict(shape=(2, 1, 4, 8, 2, 8, 16)),
+    },
+    "rglru_scan": {
+        "odd length, resets, initial state": dict(shape=(2, 37, 24), resets=[(0, 0), (1, 11), (1, 30)]),
+        "long, no reset, no initial state": dict(shape=(1, 64, 40), initial=False),
+        "one token": dict(shape=(3, 1, 16), resets=[(2, 0)]),
+    },
+    "attention": {
+        "causal, GQA 4/2, odd length": dict(shape=(2, 4, 2, 37, 37, 16, 16), layout=_stream),
+        "sliding window 8, 4 meta tokens, MQA, wide values": dict(shape=(1, 4, 1, 41, 41, 16, 32), layout=_stream,
+                                                                 max_distance=8, n_meta=4),
+        "decoding from a ring buffer with holes": dict(shape=(2, 2, 2, 3, 19, 16, 16), layout=_ring_decode,
+                                                       max_distance=12, n_meta=4),
+        "three packed documents": dict(shape=(1, 2, 1, 30, 30, 8, 8), layout=_documents),
+    },
+    "moe_experts": {
+        "top-2 of 4, odd token count": dict(shape=(37, 16, 24, 4, 2)),
+        "top-1 of 8, an expert without tokens": dict(shape=(20, 8, 16, 8, 1), unused_expert=3),
+    },
+}
+
+
+@contextlib.contextmanager
+def poisoned_allocations():
+    """Fill every fresh float tensor from torch.empty / torch.empty_like with NaN."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(tensor):
+        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
+
+    torch.empty = lambda *args, **kwargs: poison(empty(*args, **kwargs))
+    torch.empty_like = lambda *args, **kwargs: poison(empty_like(*args, **kwargs))
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like = empty, empty_like
+
+
+def _outputs(op: str, result) -> dict[str, torch.Tensor]:
+    if op in ("selective_scan", "ssd", "rglru_scan"):
+        return {"output": result[0], "final state": result[1]}
+    return {"output": result}
+
+
+def _prepare(inputs: dict, device: str, dtype: torch.dtype) -> dict:
+    """Tensors moved to `device`; floating-point ones cast to `dtype` as fresh leaves that track gradients."""
+    prepared = {}
+    for name, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+            if value.is_floating_point():
+                value = value.to(dtype).requires_grad_()
+        prepared[name] = value
+    return prepared
+
+
+def _run(op, function, inputs, upstream, device, dtype, poison=False):
+    """Outputs of one implementation and the gradients of its float inputs under the upstream gradient."""
+    inputs = _prepare(inputs, device, dtype)
+    differentiable = [name for name, value in inputs.items() if isinstance(value, torch.Tensor) and value.requires_grad]
+    with poisoned_allocations() if poison else contextlib.nullcontext():
+        outputs = _outputs(op, function(**inputs))
+        loss = sum((outputs[name].double() * upstream[name].to(device)).sum() for name in outputs)
+        gradients = torch.autograd.grad(loss, [inputs[name] for name in differentiable], allow_unused=True)
+    results = {**outputs, **{f"d{name}": gradient for name, gradient in zip(differentiable, gradients)}}
+    return {name: None if value is None else value.detach().cpu() for name, value in results.items()}
+
+
+def check_implementation(op: str, function: Callable, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                         cases: list[str] | None = None, poison: bool = True) -> list[Check]:
+    """Run `function` on every case of `op` (or the named ones) and compare it with the reference run in
+    float64; one Check per compared quantity: output, final state, and d<input> for each float input."""
+    reference = ops.implementations(op)["reference"].function
+    checks = []
+    for case_name, case in CASES[op].items():
+        if cases is not None and case_name not in cases:
+            continue
+        inputs = _case_inputs(op, case, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            shapes = _outputs(op, reference(**_prepare(inputs, "cpu", torch.float64)))
+        generator = torch.Generator().manual_seed(1)
+        upstream = {name: torch.randn(t.shape, generator=generator, dtype=torch.float64) for name, t in shapes.items()}
+        expected = _run(op, reference, inputs, upstream, "cpu", torch.float64)
+        if dtype == torch.float32:
+            bounds = dict.fromkeys(expected, KERNEL_FP32)
+        else:  # PyTorch's own error at this precision: the reference run in `dtype`, against float64
+            pytorch = _run(op, reference, inputs, upstream, device, dtype)
+            bounds = {name: BF16_FACTOR * max(relative_error(pytorch[name], value), 1e-3) for name, value in expected.items()}
+        try:
+            actual = _run(op, function, inputs, upstream, device, dtype, poison)
+        except Exception as error:  # a kernel that crashes fails the case, readably
+            checks.append(Check(case_name, "runs", float("inf"), 0.0, f"raised {type(error).__name__}: {error}"))
+            continue
+        checks.extend(_compare(case_name, name, actual.get(name), value, bounds[name]) for name, value in expected.items())
+    return checks
+
+
+def _compare(case: str, name: str, actual, expected, bound: float) -> Check:
+    if actual is None:
+        return Check(case, name, float("inf"), bound, "missing (no gradient reached this input)")
+    if actual.shape != expected.shape:
+        return Check(case, name, float("inf"), bound, f"shape {tuple(actual.shape)}, expected {tuple(expected.shape)}")
+    if not torch.isfinite(actual).all():
+        return Check(case, name, float("inf"), bound, "NaN or inf (memory left unwritten?)")
+    return Check(case, name, relative_error(actual, expected), bound)
