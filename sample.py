@@ -7,6 +7,7 @@ Tokens are printed as they are generated; the last line gives the speed.
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from nanohybrid import ops
 from nanohybrid.config import ModelConfig, get_config
 from nanohybrid.generate import check_length, check_sampling, decode, prefill_prompts
 from nanohybrid.model import LanguageModel
@@ -56,7 +58,12 @@ def main(argv=None) -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill long prompts this many tokens at a time")
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--kernels", default="", help='op implementations, e.g. "attention=sdpa,rglru_scan=triton" '
+                        '(see nanohybrid/ops.py); the same as setting NANOHYBRID_KERNELS')
     args = parser.parse_args(argv)
+    if args.kernels:
+        ops.parse_selection(args.kernels)  # an unknown op, implementation or file is an error now, not mid-run
+        os.environ["NANOHYBRID_KERNELS"] = args.kernels
 
     model, tokenizer_name = load_model(args)
     model.eval()

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -29,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from nanohybrid import ops
 from nanohybrid.config import ModelConfig, get_config
 from nanohybrid.data import embedded_corpus, get_batch
 from nanohybrid.generate import generate
@@ -41,6 +43,7 @@ NO_WEIGHT_DECAY = ("A_log", "meta_tokens.embeddings")  # decay pulls A towards 1
 @dataclass
 class TrainConfig:
     preset: str = "hymba-small"
+    kernels: str = ""  # op implementations, e.g. "attention=sdpa,rglru_scan=triton" (nanohybrid/ops.py)
     data: str = "embedded"
     tokenizer: str = "bytes"
     max_steps: int = 300
@@ -190,6 +193,9 @@ def plot_losses(metrics: list[dict], path: Path) -> None:
 
 def main(argv=None) -> None:
     train, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    if train.kernels:
+        ops.parse_selection(train.kernels)  # an unknown op, implementation or file is an error now, not mid-run
+        os.environ["NANOHYBRID_KERNELS"] = train.kernels  # the same as setting it in the shell
     torch.manual_seed(train.seed)
     out = Path(train.out or f"out/{train.preset}")
     tokenizer = load_tokenizer(train.tokenizer)
