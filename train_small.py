@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from nanohybrid import ops
 from nanohybrid.config import ModelConfig, get_config
-from nanohybrid.data import embedded_corpus, get_batch
+from nanohybrid.data import get_batch, load_corpus
 from nanohybrid.generate import generate
 from nanohybrid.model import LanguageModel
 from nanohybrid.tokenizer import load_tokenizer
@@ -199,9 +199,11 @@ def main(argv=None) -> None:
     torch.manual_seed(train.seed)
     out = Path(train.out or f"out/{train.preset}")
     tokenizer = load_tokenizer(train.tokenizer)
-    if train.data != "embedded":
-        raise ValueError(f"--data={train.data}: only the embedded corpus is available so far; use --data=embedded")
-    corpus = embedded_corpus(tokenizer)
+    tokens_per_step = train.batch_size * train.seq_len * train.grad_accum
+    total_steps = train.tokens // tokens_per_step if train.tokens else train.max_steps
+    train_tokens = total_steps * tokens_per_step + train.seq_len + 1
+    val_tokens = max(train_tokens // 50, train.seq_len + 2)  # validation: a 2% share, at least one window
+    corpus = load_corpus(train.data, tokenizer, train_tokens, val_tokens, train.seed)
 
     start_step, metrics = 0, []
     if train.resume:
@@ -222,8 +224,6 @@ def main(argv=None) -> None:
     if config.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"the model's vocab_size={config.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}; "
                          f"pass --vocab_size={tokenizer.vocab_size}")
-    tokens_per_step = train.batch_size * train.seq_len * train.grad_accum
-    total_steps = train.tokens // tokens_per_step if train.tokens else train.max_steps
     step_model = torch.compile(model) if train.compile else model
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "metrics.jsonl").open("w")
