@@ -13,26 +13,19 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from nanohybrid import ops
-from nanohybrid.config import ModelConfig, get_config
+from nanohybrid.config import get_config
 from nanohybrid.generate import check_length, check_sampling, decode, prefill_prompts
 from nanohybrid.model import LanguageModel
 from nanohybrid.tokenizer import load_tokenizer
-from train_small import load_checkpoint
+from nanohybrid.training import load_model
 
 
-def load_model(args) -> tuple[LanguageModel, str]:
+def load(args) -> tuple[LanguageModel, str]:
     """The model and its tokenizer name, from --ckpt or --preset."""
     if args.ckpt:
-        meta, directory = load_checkpoint(Path(args.ckpt))
-        model = LanguageModel(ModelConfig(**meta["model"]))
-        try:
-            model.load_state_dict(load_file(directory / "model.safetensors"))
-        except Exception as error:
-            raise ValueError(f"cannot load the weights in {directory} ({type(error).__name__}); "
-                             "the checkpoint is damaged: retrain or pick another") from None
+        model, meta = load_model(Path(args.ckpt))
         return model, meta["train"]["tokenizer"]
     torch.manual_seed(args.seed)
     return LanguageModel(get_config(args.preset)), "bytes"
@@ -65,7 +58,7 @@ def main(argv=None) -> None:
         ops.parse_selection(args.kernels)  # an unknown op, implementation or file is an error now, not mid-run
         os.environ["NANOHYBRID_KERNELS"] = args.kernels
 
-    model, tokenizer_name = load_model(args)
+    model, tokenizer_name = load(args)
     model.eval()
     tokenizer = load_tokenizer(tokenizer_name)
     texts = (args.prompt or []) + [Path(path).read_text() for path in args.prompt_file or []] or ["def "]

@@ -14,11 +14,11 @@ and data position), `latest` naming the newest complete checkpoint, metrics.json
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import types
@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nanohybrid import ops
@@ -36,8 +37,7 @@ from nanohybrid.data import get_batch, load_corpus
 from nanohybrid.generate import generate
 from nanohybrid.model import LanguageModel
 from nanohybrid.tokenizer import load_tokenizer
-
-NO_WEIGHT_DECAY = ("A_log", "meta_tokens.embeddings")  # decay pulls A towards 1 and meta tokens towards 0
+from nanohybrid.training import evaluate, learning_rate, load_checkpoint, load_model, make_optimizer, plot_losses, save_checkpoint
 
 
 @dataclass
@@ -110,164 +110,128 @@ def parse_args(argv) -> tuple[TrainConfig, dict]:
     return train, overrides
 
 
-def learning_rate(train: TrainConfig, step: int, total: int) -> float:
-    if step < train.warmup:
-        return train.lr * (step + 1) / train.warmup
-    if train.schedule == "wsd":  # Hymba's recipe: stable at the peak, linear decay over the final 20%
-        decay_start = int(0.8 * total)
-        if step < decay_start:
-            return train.lr
-        return train.lr + (train.min_lr - train.lr) * (step - decay_start) / max(1, total - decay_start)
-    progress = (step - train.warmup) / max(1, total - train.warmup)
-    return train.min_lr + 0.5 * (train.lr - train.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun one process per device: NCCL on GPUs, gloo on CPUs."""
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, local_rank = dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, dist.get_world_size(), device
 
 
-def make_optimizer(model: LanguageModel, train: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        (decay if parameter.dim() >= 2 and not name.endswith(NO_WEIGHT_DECAY) else no_decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.95), fused=False)
-
-
-def save_checkpoint(out: Path, model, optimizer, train: TrainConfig, step: int) -> None:
-    """Write a complete checkpoint directory, then point `latest` at it; a crash never breaks the latest one."""
-    name = f"step-{step:06d}"
-    final, temporary = out / "checkpoints" / name, out / "checkpoints" / f"{name}.tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, temporary / "model.safetensors")
-    (temporary / "config.json").write_text(json.dumps(
-        {"model": dataclasses.asdict(model.config), "train": dataclasses.asdict(train), "step": step}, indent=2))
-    torch.save({"optimizer": optimizer.state_dict(), "step": step}, temporary / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    temporary.rename(final)
-    pointer = out / "latest.tmp"
-    pointer.write_text(f"checkpoints/{name}\n")
-    pointer.replace(out / "latest")
-    for old in (out / "checkpoints").iterdir():
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(path: Path) -> tuple[dict, Path]:
-    """(config.json contents, checkpoint directory) of a run directory's latest checkpoint, or of a checkpoint directory."""
-    directory = path / (path / "latest").read_text().strip() if (path / "latest").exists() else path
-    try:
-        meta = json.loads((directory / "config.json").read_text())
-        ModelConfig(**meta["model"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error}); "
-                         "pass a run directory written by train_small.py") from None
-    return meta, directory
-
-
-@torch.no_grad()
-def evaluate(model, tokens, train: TrainConfig) -> float:
-    model.eval()
-    losses = []
-    for i in range(train.eval_batches):
-        inputs, targets = get_batch(tokens, train.batch_size, train.seq_len, train.seed + 1, i)
-        with torch.autocast("cpu", torch.bfloat16, enabled=train.dtype == "bf16"):
-            losses.append(model(inputs, targets).loss.item())
-    model.train()
-    return sum(losses) / len(losses)
-
-
-def plot_losses(metrics: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    figure, axis = plt.subplots(figsize=(6, 4))
-    train_points = [(m["tokens"], m["loss"]) for m in metrics if "loss" in m]
-    val_points = [(m["tokens"], m["val_loss"]) for m in metrics if "val_loss" in m]
-    axis.plot(*zip(*train_points), alpha=0.5, label="train")
-    if val_points:
-        axis.plot(*zip(*val_points), "o-", label="validation")
-    axis.set(xlabel="tokens", ylabel="loss (nats/token)", title=path.parent.name)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def main(argv=None) -> None:
-    train, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    if train.kernels:
-        ops.parse_selection(train.kernels)  # an unknown op, implementation or file is an error now, not mid-run
-        os.environ["NANOHYBRID_KERNELS"] = train.kernels  # the same as setting it in the shell
-    torch.manual_seed(train.seed)
-    out = Path(train.out or f"out/{train.preset}")
-    tokenizer = load_tokenizer(train.tokenizer)
-    tokens_per_step = train.batch_size * train.seq_len * train.grad_accum
-    total_steps = train.tokens // tokens_per_step if train.tokens else train.max_steps
-    train_tokens = total_steps * tokens_per_step + train.seq_len + 1
-    val_tokens = max(train_tokens // 50, train.seq_len + 2)  # validation: a 2% share, at least one window
-    corpus = load_corpus(train.data, tokenizer, train_tokens, val_tokens, train.seed)
+def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, device=torch.device("cpu")) -> dict:
+    """One training run; returns its summary. With world > 1 the processes share each step's micro-batches."""
+    torch.manual_seed(run.seed)
+    out, main_process = Path(run.out or f"out/{run.preset}"), rank == 0
+    if run.grad_accum % world:
+        raise ValueError(f"--grad-accum={run.grad_accum} must be a multiple of the {world} processes")
+    tokenizer = load_tokenizer(run.tokenizer)
+    tokens_per_step = run.batch_size * run.seq_len * run.grad_accum
+    total_steps = run.tokens // tokens_per_step if run.tokens else run.max_steps
+    train_tokens = total_steps * tokens_per_step + run.seq_len + 1
+    corpus = load_corpus(run.data, tokenizer, train_tokens, max(train_tokens // 50, run.seq_len + 2), run.seed)
 
     start_step, metrics = 0, []
-    if train.resume:
-        meta, directory = load_checkpoint(out)
-        config = ModelConfig(**meta["model"])
-        model = LanguageModel(config)
-        model.load_state_dict(load_file(directory / "model.safetensors"))
-        optimizer = make_optimizer(model, train)
-        state = torch.load(directory / "state.pt", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
+    if run.resume:
+        model, meta = load_model(out)
+        state = torch.load(load_checkpoint(out)[1] / "state.pt", weights_only=True)
         start_step = state["step"]
         logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         metrics = [entry for entry in logged if entry["step"] <= start_step]
     else:
-        config = get_config(train.preset, **overrides)
-        model = LanguageModel(config)
-        optimizer = make_optimizer(model, train)
-    if config.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"the model's vocab_size={config.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}; "
-                         f"pass --vocab_size={tokenizer.vocab_size}")
-    step_model = torch.compile(model) if train.compile else model
-    out.mkdir(parents=True, exist_ok=True)
-    log = (out / "metrics.jsonl").open("w")
-    for entry in metrics:
-        log.write(json.dumps(entry) + "\n")
-    print(f"{train.preset}: {model.num_parameters() / 1e6:.2f}M parameters, {len(corpus['train']) / 1e6:.1f}M training tokens, "
-          f"{total_steps} steps of {tokens_per_step} tokens -> {out}")
+        model = LanguageModel(get_config(run.preset, **overrides))
+    if model.config.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"the model's vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
+                         f"{tokenizer.vocab_size}; pass --vocab_size={tokenizer.vocab_size}")
+    if run.seq_len > model.config.max_seq_len:
+        raise ValueError(f"--seq-len={run.seq_len} exceeds the model's max_seq_len={model.config.max_seq_len}; "
+                         f"lower it or pass --max_seq_len={run.seq_len}")
+    model.to(device)
+    optimizer = make_optimizer(model, run.lr, run.weight_decay)
+    if run.resume:
+        optimizer.load_state_dict(state["optimizer"])
+    step_model = torch.compile(model) if run.compile else model
+    if world > 1:  # experts that get no token in a micro-batch leave parameters unused
+        moe = any(spec.ffn == "moe" for spec in model.config.layers)
+        step_model = DistributedDataParallel(step_model, find_unused_parameters=moe)
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        log = (out / "metrics.jsonl").open("w")
+        log.writelines(json.dumps(entry) + "\n" for entry in metrics)
+        print(f"{run.preset}: {model.num_parameters() / 1e6:.2f}M parameters, {len(corpus['train']) / 1e6:.1f}M training "
+              f"tokens, {total_steps} steps of {tokens_per_step} tokens on {world} x {device.type} -> {out}")
 
-    progress = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, unit="step", dynamic_ncols=True)
+    bf16 = run.dtype == "bf16"
+    local_micro_batches = range(rank, run.grad_accum, world)  # this process's share of each step
+    progress = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, unit="step",
+                    dynamic_ncols=True, disable=not main_process)
     started = time.time()
     for step in progress:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(train, step, total_steps)
-        loss_sum = 0.0
-        for micro in range(train.grad_accum):
-            inputs, targets = get_batch(corpus["train"], train.batch_size, train.seq_len, train.seed, step * train.grad_accum + micro)
-            with torch.autocast("cpu", torch.bfloat16, enabled=train.dtype == "bf16"):
-                loss = step_model(inputs, targets).loss / train.grad_accum
-            loss.backward()
-            loss_sum += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip).item()
+            group["lr"] = learning_rate(step, total_steps, run.lr, run.min_lr, run.warmup, run.schedule)
+        loss_sum = torch.zeros((), device=device)
+        for i, micro in enumerate(local_micro_batches):
+            inputs, targets = get_batch(corpus["train"], run.batch_size, run.seq_len, run.seed, step * run.grad_accum + micro)
+            last_micro_batch = i == len(local_micro_batches) - 1
+            with contextlib.nullcontext() if world == 1 or last_micro_batch else step_model.no_sync():
+                with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                    loss = step_model(inputs.to(device), targets.to(device)).loss / len(local_micro_batches)
+                loss.backward()  # DDP averages the gradients over the processes
+            loss_sum += loss.detach() / world
+        if world > 1:
+            dist.all_reduce(loss_sum)  # each process's share of the step's mean loss, summed
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip).item()
+        if not (math.isfinite(loss_sum.item()) and math.isfinite(grad_norm)):
+            latest = (out / "latest").read_text().strip() if (out / "latest").exists() else "none yet"
+            raise ValueError(f"the loss became {loss_sum.item()} at step {step + 1}, so training stopped before that "
+                             f"update; the last good checkpoint is {out}/{latest}: lower --lr and --resume")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        entry = {"step": step + 1, "tokens": (step + 1) * tokens_per_step, "loss": loss_sum, "grad_norm": grad_norm,
-                 "lr": optimizer.param_groups[0]["lr"]}
-        last = step + 1 == total_steps
-        if (step + 1) % train.eval_interval == 0 or last:
-            entry["val_loss"] = evaluate(model, corpus["val"], train)
-            save_checkpoint(out, model, optimizer, train, step + 1)
+        if not main_process:
+            continue
+        entry = {"step": step + 1, "tokens": (step + 1) * tokens_per_step, "loss": loss_sum.item(),
+                 "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
+        if (step + 1) % run.eval_interval == 0 or step + 1 == total_steps:
+            entry["val_loss"] = evaluate(model, corpus["val"], run.batch_size, run.seq_len, run.eval_batches, run.seed + 1, bf16)
+            save_checkpoint(out, model, optimizer, dataclasses.asdict(run), step + 1)
         log.write(json.dumps(entry) + "\n")
         log.flush()
         metrics.append(entry)
         rate = (step + 1 - start_step) * tokens_per_step / (time.time() - started)
         last_val = next((m["val_loss"] for m in reversed(metrics) if "val_loss" in m), float("nan"))
-        progress.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{rate:.0f}", val=f"{last_val:.3f}")
+        progress.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{rate:.0f}", val=f"{last_val:.3f}")
+    if not main_process:
+        return {}
     log.close()
     plot_losses(metrics, out / "loss.png")
-
-    val_loss = evaluate(model, corpus["val"], train)
+    val_loss = evaluate(model, corpus["val"], run.batch_size, run.seq_len, run.eval_batches, run.seed + 1, bf16)
     print(f"validation loss {val_loss:.4f} nats/token, perplexity {math.exp(val_loss):.2f}")
-    generator = torch.Generator().manual_seed(train.seed)
-    sample = [t.item() for t in generate(model.eval(), [tokenizer.encode("def ")], train.sample_tokens, 0.8, 50, None, generator)]
-    print("sample:\n" + tokenizer.decode(tokenizer.encode("def ") + sample))
-    print(f"next: python sample.py --ckpt {out} --prompt 'def '")
+    return {"preset": run.preset, "out": str(out), "val_loss": val_loss, "parameters": model.num_parameters(),
+            "tokens_per_second": (total_steps - start_step) * tokens_per_step / (time.time() - started),
+            "model": model, "tokenizer": tokenizer}
+
+
+def main(argv=None) -> None:
+    run, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    if run.kernels:
+        ops.parse_selection(run.kernels)  # an unknown op, implementation or file is an error now, not mid-run
+        os.environ["NANOHYBRID_KERNELS"] = run.kernels  # the same as setting it in the shell
+    rank, world, device = setup_distributed()
+    try:
+        summary = train(run, overrides, rank, world, device)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+    if rank == 0:
+        model, tokenizer, out = summary["model"].eval(), summary["tokenizer"], summary["out"]
+        prompt = tokenizer.encode("def ")
+        generator = torch.Generator(device=device).manual_seed(run.seed)
+        sample = [t.item() for t in generate(model, [prompt], run.sample_tokens, 0.8, 50, None, generator)]
+        print("sample:\n" + tokenizer.decode(prompt + sample))
+        print(f"next: python sample.py --ckpt {out} --prompt 'def '")
 
 
 if __name__ == "__main__":

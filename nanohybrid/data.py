@@ -29,6 +29,11 @@ import numpy as np
 import torch
 
 VALIDATION_SHARE = 50  # one document in 50 goes to validation
+
+
+class DataError(ValueError):
+    """Data that cannot be used, with what to do about it."""
+
 SMOLLM = "HuggingFaceTB/smollm-corpus"
 # Our default mixture (the papers give none for small runs): mostly educational web text, some synthetic
 # textbooks, some Python. python-edu rows hold only a blob id; its text is fetched from Software Heritage.
@@ -50,7 +55,7 @@ def stdlib_documents() -> dict[str, list[str]]:
             continue
         splits["val" if is_validation(relative) else "train"].append(path.read_text(encoding="utf-8", errors="replace"))
     if not splits["train"] or not splits["val"]:
-        raise ValueError(f"no Python standard library sources found under {root}; pass --data with your own files")
+        raise DataError(f"no Python standard library sources found under {root}; pass --data with your own files")
     return splits
 
 
@@ -67,7 +72,7 @@ def parse_smollm(spec: str) -> dict[str, float]:
     for item in listed.split(","):
         subset, _, weight = item.partition("=")
         if subset not in SMOLLM_WEIGHTS:
-            raise ValueError(f"--data={spec}: unknown SmolLM-Corpus subset {subset!r}; choose from {', '.join(SMOLLM_WEIGHTS)}")
+            raise DataError(f"--data={spec}: unknown SmolLM-Corpus subset {subset!r}; choose from {', '.join(SMOLLM_WEIGHTS)}")
         weights[subset] = float(weight) if weight else SMOLLM_WEIGHTS[subset]
     return weights
 
@@ -78,9 +83,9 @@ def data_files(spec: str) -> list[str]:
     files = sorted(path.rglob("*")) if path.is_dir() else [path] if path.is_file() else sorted(Path().glob(spec))
     files = [f for f in files if f.suffix in FILE_BUILDERS]
     if not files:
-        raise ValueError(f"--data={spec}: no .txt, .jsonl or .parquet files there; use --data=embedded offline")
+        raise DataError(f"--data={spec}: no .txt, .jsonl or .parquet files there; use --data=embedded offline")
     if len({FILE_BUILDERS[f.suffix] for f in files}) > 1:
-        raise ValueError(f"--data={spec}: mixes file kinds ({', '.join(sorted({f.suffix for f in files}))}); use one kind")
+        raise DataError(f"--data={spec}: mixes file kinds ({', '.join(sorted({f.suffix for f in files}))}); use one kind")
     return [str(f) for f in files]
 
 
@@ -91,7 +96,7 @@ def fetch_python_edu_text(row: dict) -> str:
     try:
         import boto3
     except ImportError:
-        raise ValueError("python-edu rows hold only blob ids: `pip install boto3` (with AWS credentials) to fetch "
+        raise DataError("python-edu rows hold only blob ids: `pip install boto3` (with AWS credentials) to fetch "
                          "their text, or leave it out: --data=smollm:fineweb-edu-dedup,cosmopedia-v2") from None
     body = boto3.client("s3").get_object(Bucket="softwareheritage", Key=f"content/{row['blob_id']}")["Body"]
     with gzip.GzipFile(fileobj=body) as file:
@@ -107,36 +112,52 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def hub_rows(datasets, spec: str, seed: int):
+    """SmolLM-Corpus rows from the hub: the chosen subsets, interleaved by weight."""
+    weights = parse_smollm(spec)
+    offline = f"cannot stream {SMOLLM}: this needs the network. Offline, use --data=embedded or --data=path/to/files"
+    if not hub_reachable():
+        raise DataError(f"{offline} (huggingface.co is unreachable)")
+    try:
+        streams = [datasets.load_dataset(SMOLLM, subset, split="train", streaming=True) for subset in weights]
+    except Exception as error:
+        raise DataError(f"{offline} ({type(error).__name__})") from None
+    total = sum(weights.values())
+    return datasets.interleave_datasets(streams, [w / total for w in weights.values()], seed=seed,
+                                        stopping_strategy="all_exhausted")
+
+
+def file_rows(datasets, spec: str):
+    """Rows of local .txt (one document per file), .jsonl or .parquet files."""
+    files = data_files(spec)
+    builder = FILE_BUILDERS[Path(files[0]).suffix]
+    options = {"sample_by": "document"} if builder == "text" else {}
+    return datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **options)
+
+
 def stream_documents(spec: str, seed: int):
     """The text of every document a --data spec names, in a fixed order, through `datasets` streaming."""
     try:
         import datasets
     except ImportError:
-        raise ValueError(f"--data={spec} needs the `datasets` package: pip install datasets") from None
-    if spec == "smollm" or spec.startswith("smollm:"):
-        weights = parse_smollm(spec)
-        offline = f"cannot stream {SMOLLM}: this needs the network. Offline, use --data=embedded or --data=path/to/files"
-        if not hub_reachable():
-            raise ValueError(f"{offline} (huggingface.co is unreachable)")
-        try:
-            streams = [datasets.load_dataset(SMOLLM, subset, split="train", streaming=True) for subset in weights]
-        except Exception as error:
-            raise ValueError(f"{offline} ({type(error).__name__})") from None
-        total = sum(weights.values())
-        rows = datasets.interleave_datasets(streams, [w / total for w in weights.values()], seed=seed,
-                                            stopping_strategy="all_exhausted")
-    else:
-        files = data_files(spec)
-        builder = FILE_BUILDERS[Path(files[0]).suffix]
-        options = {"sample_by": "document"} if builder == "text" else {}
-        rows = datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **options)
-    for row in rows:
-        if "text" in row:
-            yield row["text"]
-        elif "blob_id" in row:
-            yield fetch_python_edu_text(row)
-        else:
-            raise ValueError(f"--data={spec}: rows have no `text` column (columns: {', '.join(row)})")
+        raise DataError(f"--data={spec} needs the `datasets` package: pip install datasets") from None
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # errors are reported here, in one line
+    try:
+        rows = hub_rows(datasets, spec, seed) if spec == "smollm" or spec.startswith("smollm:") else file_rows(datasets, spec)
+        for row in rows:
+            if "text" in row:
+                yield row["text"]
+            elif "blob_id" in row:
+                yield fetch_python_edu_text(row)
+            else:
+                raise DataError(f"--data={spec}: rows have no `text` column (columns: {', '.join(row)})")
+    except DataError:
+        raise
+    except StopIteration:  # what `datasets` raises for an empty .jsonl file
+        raise DataError(f"--data={spec}: the files hold no documents") from None
+    except Exception as error:  # a corrupt file: say which data could not be read, in one line
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise DataError(f"--data={spec}: cannot read it ({type(error).__name__}: {reason[:200]})") from None
 
 
 def streamed_corpus(spec: str, tokenizer, train_tokens: int, val_tokens: int, seed: int) -> dict[str, np.ndarray]:
@@ -154,7 +175,7 @@ def streamed_corpus(spec: str, tokenizer, train_tokens: int, val_tokens: int, se
             if counts["train"] >= train_tokens and counts["val"] >= val_tokens:
                 break
         if not streams["train"] or not streams["val"]:
-            raise ValueError(f"--data={spec}: too little text ({len(streams['train']) + len(streams['val'])} documents) "
+            raise DataError(f"--data={spec}: too little text ({len(streams['train']) + len(streams['val'])} documents) "
                              "to fill both a training and a validation split; give more documents")
         _save_splits(paths, {split: np.concatenate(chunks) for split, chunks in streams.items()})
     return {split: np.load(path, mmap_mode="r") for split, path in paths.items()}
@@ -198,7 +219,7 @@ def embedded_corpus(tokenizer) -> dict[str, np.ndarray]:
 def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch number `step`: inputs (b, l) and next-token targets (b, l), the same for the same arguments."""
     if len(tokens) <= seq_len + 1:
-        raise ValueError(f"corpus of {len(tokens)} tokens is too short for sequences of {seq_len}; use more data")
+        raise DataError(f"corpus of {len(tokens)} tokens is too short for sequences of {seq_len}; use more data")
     generator = np.random.default_rng([seed, step])
     starts = generator.integers(0, len(tokens) - seq_len - 1, size=batch_size)
     windows = np.stack([tokens[start : start + seq_len + 1] for start in starts]).astype(np.int64)

@@ -11,7 +11,7 @@ import torch
 import sample
 from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
-from train_small import TrainConfig, make_optimizer, save_checkpoint
+from nanohybrid.training import make_optimizer, save_checkpoint
 
 
 def run(capsys, *argv):
@@ -38,8 +38,7 @@ def test_batched_prompts_print_each_completion(capsys):
 def checkpoint(tmp_path):
     torch.manual_seed(0)
     model = LanguageModel(get_config("llama3-tiny"))
-    train = TrainConfig(preset="llama3-tiny")
-    save_checkpoint(tmp_path, model, make_optimizer(model, train), train, step=3)
+    save_checkpoint(tmp_path, model, make_optimizer(model, 1e-3, 0.1), {"tokenizer": "bytes"}, step=3)
     return tmp_path, model
 
 
