@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nanohybrid import ops
+from nanohybrid.compare import ARCHITECTURES as COMPARED, train_mqar, write_report
 from nanohybrid.config import ModelConfig, get_config
 from nanohybrid.data import get_batch, load_corpus
 from nanohybrid.generate import generate
@@ -43,6 +44,8 @@ from nanohybrid.training import evaluate, learning_rate, load_checkpoint, load_m
 @dataclass
 class TrainConfig:
     preset: str = "hymba-small"
+    compare: bool = False  # train Hymba's apples-to-apples five (hymba, mamba2, mamba2-ffn, llama3, samba) instead
+    size: str = "small"  # the preset size --compare uses
     kernels: str = ""  # op implementations, e.g. "attention=sdpa,rglru_scan=triton" (nanohybrid/ops.py)
     data: str = "embedded"
     tokenizer: str = "bytes"
@@ -214,6 +217,20 @@ def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, devi
             "model": model, "tokenizer": tokenizer}
 
 
+def compare(run: TrainConfig, overrides: dict, rank: int, world: int, device) -> None:
+    """Hymba's Table 3 at our scale: the five architectures, one recipe, equal size; then recall (MQAR)."""
+    root, results = Path(run.out or f"out/compare-{run.size}"), []
+    for arch in COMPARED:
+        preset = f"{arch}-{run.size}"
+        summary = train(dataclasses.replace(run, preset=preset, out=str(root / preset)), overrides, rank, world, device)
+        if rank == 0:
+            print(f"{preset}: MQAR ...", flush=True)
+            results.append({"arch": arch, **summary, "mqar": train_mqar(arch, run.seed, device)})
+    if rank == 0:
+        print(write_report(results, root))
+        print(f"wrote {root}/results.md, results.csv and comparison.png")
+
+
 def main(argv=None) -> None:
     run, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     if run.kernels:
@@ -221,6 +238,8 @@ def main(argv=None) -> None:
         os.environ["NANOHYBRID_KERNELS"] = run.kernels  # the same as setting it in the shell
     rank, world, device = setup_distributed()
     try:
+        if run.compare:
+            return compare(run, overrides, rank, world, device)
         summary = train(run, overrides, rank, world, device)
     finally:
         if world > 1:
