@@ -41,6 +41,9 @@ from nanohybrid.tokenizer import load_tokenizer
 from nanohybrid.training import evaluate, learning_rate, load_checkpoint, load_model, make_optimizer, plot_losses, save_checkpoint
 
 
+SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9}
+
+
 @dataclass
 class TrainConfig:
     preset: str = "hymba-small"
@@ -78,6 +81,8 @@ def parse_value(text: str, annotation, name: str):
     for option in options:
         if option is bool and text.lower() in ("true", "false", "1", "0"):
             return text.lower() in ("true", "1")
+        if option is int and text[-1:].upper() in SUFFIXES and text[:-1].replace(".", "", 1).isdigit():
+            return int(float(text[:-1]) * SUFFIXES[text[-1].upper()])  # --tokens=10B
         if option in (int, float, str):
             try:
                 return option(text)

@@ -7,6 +7,7 @@ that equals, byte for byte, what cache.InferenceCache allocates (tests/test_cach
     python -m nanohybrid.analysis presets              the README's preset table
     python -m nanohybrid.analysis cache                the published cache sizes, reproduced
     python -m nanohybrid.analysis cache-plot out.png   cache bytes against context, every architecture
+    python -m nanohybrid.analysis projection           the 100M reproduction's cost, from a FLOPs estimate
 """
 
 import argparse
@@ -55,6 +56,15 @@ def preset_table(names=None) -> str:
             f"| {config.sliding_window if has_attention and config.sliding_window else '–'} "
             f"| {config.n_meta_tokens or '–'} | {config.vocab_size} | {params} |"
         )
+    return "\n".join(rows)
+
+
+def projection_table(tokens: float = 10e9, seq_len: int = 1024) -> str:
+    """The one-GPU reproduction's cost per model, from the FLOPs estimate."""
+    rows = ["| preset | GFLOPs per token (fwd+bwd) | projected hours on one H100, 10B tokens |", "|---|---|---|"]
+    for arch in ("hymba", "mamba2", "mamba2-ffn", "llama3", "samba"):
+        per_token = training_flops_per_token(get_config(f"{arch}-100m"), seq_len)
+        rows.append(f"| `{arch}-100m` | {per_token / 1e9:.2f} | {projected_hours(f'{arch}-100m', tokens, seq_len):.1f} |")
     return "\n".join(rows)
 
 
@@ -139,15 +149,45 @@ def plot_cache_sizes(path: str, size: str = "100m", contexts=tuple(2**k for k in
     plt.close(figure)
 
 
+H100_BF16_DENSE = 989e12  # FLOP/s, NVIDIA's datasheet figure for dense bf16 on the H100 SXM
+ASSUMED_MFU = 0.4  # a typical model-FLOPs utilisation for a well-tuned 100M-parameter run
+
+
+def training_flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Forward + backward FLOPs per token: 6 per active weight (Kaplan et al. 2020), plus attention's
+    scores and weighted sum (12 · layers · context · head width), the context being the window where
+    there is one, and the SSM scans' elementwise work (about 9 FLOPs per state element and token)."""
+    with torch.device("meta"):
+        model = LanguageModel(config)
+    embedding = config.vocab_size * config.d_model * (0 if config.tie_embeddings else 1)  # a lookup is free
+    flops = 6 * (model.num_parameters(active=True) - embedding)
+    for spec in config.layers:
+        if spec.mixer in ("attention", "hymba"):
+            context = seq_len if spec.sliding_window is None else min(seq_len, spec.sliding_window)
+            width = config.n_heads * (config.qk_head_dim + (config.d_inner // config.n_heads if spec.mixer == "hymba"
+                                                            else config.qk_head_dim))
+            flops += 6 * context * width  # QKᵀ and PV, each 2 FLOPs per multiply-add, times 3 for the backward
+        if spec.mixer in ("mamba", "hymba", "mamba2"):
+            flops += 3 * 9 * config.d_inner * config.d_state
+    return flops
+
+
+def projected_hours(preset: str, tokens: float, seq_len: int) -> float:
+    """Projected wall time on one H100 from the FLOPs estimate (not a measurement)."""
+    return training_flops_per_token(get_config(preset), seq_len) * tokens / (H100_BF16_DENSE * ASSUMED_MFU) / 3600
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["presets", "cache", "cache-plot"])
+    parser.add_argument("what", choices=["presets", "cache", "cache-plot", "projection"])
     parser.add_argument("path", nargs="?", default="cache_sizes.png", help="where cache-plot writes its PNG")
     args = parser.parse_args()
     if args.what == "presets":
         print(preset_table())
     elif args.what == "cache":
         print(published_cache_table()[0])
+    elif args.what == "projection":
+        print(projection_table())
     else:
         plot_cache_sizes(args.path)
         print(f"wrote {args.path}")

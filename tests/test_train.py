@@ -186,3 +186,9 @@ def test_compare_trains_the_five_and_writes_its_report(tmp_path, corpus, monkeyp
     assert [row.split(",")[0] for row in rows[1:]] == ["hymba", "mamba2", "mamba2-ffn", "llama3", "samba"]
     assert (out / "comparison.png").stat().st_size > 0 and (out / "results.md").read_text().startswith("| arch |")
     assert all((out / f"{arch}-tiny" / "latest").exists() for arch in compare.ARCHITECTURES)
+
+
+def test_overrides_are_type_checked_and_token_counts_take_suffixes():
+    run, overrides = train_small.parse_args(["--tokens=10B", "--lr=1e-3", "--d_model=96", "--sliding_window=None"])
+    assert run.tokens == 10**10 and run.lr == 1e-3 and overrides == {"d_model": 96, "sliding_window": None}
+    assert train_small.parse_args(["--max-steps=2_000", "--no-compile"])[0].max_steps == 2000
