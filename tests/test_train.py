@@ -182,7 +182,7 @@ def test_compare_trains_the_five_and_writes_its_report(tmp_path, corpus, monkeyp
     train_small.main(["--compare", "--size=tiny", "--max-steps=3", "--eval-interval=3", f"--data={corpus}",
                       f"--out={out}", *TINY_RUN])
     rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0].startswith("arch,parameters (M),val loss,val ppl") and "MQAR l=128 D=16" in rows[0]
+    assert rows[0].startswith("arch,parameters (M),val loss,val ppl") and "MQAR l=64 D=8" in rows[0]
     assert [row.split(",")[0] for row in rows[1:]] == ["hymba", "mamba2", "mamba2-ffn", "llama3", "samba"]
     assert (out / "comparison.png").stat().st_size > 0 and (out / "results.md").read_text().startswith("| arch |")
     assert all((out / f"{arch}-tiny" / "latest").exists() for arch in compare.ARCHITECTURES)
