@@ -123,13 +123,18 @@ def use(**selection: str):
         _selection_stack.pop()
 
 
-@functools.cache
 def load_student_function(op: str, spec: str) -> Implementation:
     """"path/to/file.py:function" -> an Implementation, after checking its parameters against the reference.
-    Loaded once per (op, spec)."""
-    path, _, function_name = spec.rpartition(":")
+    Loaded again whenever the file changes (a student edits and re-grades in one notebook)."""
+    path = spec.rpartition(":")[0]
     if not path or not Path(path).is_file():
         raise ValueError(f"{op}={spec}: no such file {path!r}; write path/to/file.py:function")
+    return _load_student_function(op, spec, Path(path).stat().st_mtime_ns)
+
+
+@functools.cache
+def _load_student_function(op: str, spec: str, modified: int) -> Implementation:
+    path, _, function_name = spec.rpartition(":")
     module_spec = importlib.util.spec_from_file_location(f"student_{op}_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

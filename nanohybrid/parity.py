@@ -48,7 +48,7 @@ class Check:
         return f"{verdict}  {self.case}: {self.quantity}: {detail}"
 
 
-def _case_inputs(op: str, case: dict, generator: torch.Generator) -> dict:
+def case_inputs(op: str, case: dict, generator: torch.Generator) -> dict:
     """The keyword arguments of one case, in fp32 on the CPU."""
     def randn(*shape):
         return torch.randn(*shape, generator=generator)
@@ -210,7 +210,7 @@ def check_implementation(op: str, function: Callable, device: str = "cpu", dtype
     for case_name, case in CASES[op].items():
         if cases is not None and case_name not in cases:
             continue
-        inputs = _case_inputs(op, case, torch.Generator().manual_seed(0))
+        inputs = case_inputs(op, case, torch.Generator().manual_seed(0))
         with torch.no_grad():
             shapes = _outputs(op, reference(**_prepare(inputs, "cpu", torch.float64)))
         generator = torch.Generator().manual_seed(1)
