@@ -72,6 +72,7 @@ class ModelConfig:
     chunk_size: int = 256
     # RG-LRU.
     lru_width: int | None = None  # default d_model
+    conv_cuts_documents: bool = True  # the conv's taps stop at a document start (DeepMind; transformers: False)
     # Mixture of experts.
     n_experts: int = 0
     experts_per_token: int = 2

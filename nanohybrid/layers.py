@@ -95,14 +95,31 @@ class CausalConv1d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (b, l, c), state: (b, c, K-1) or None -> y: (b, l, c), new state: (b, c, K-1)."""
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None,
+                starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (b, l, c), state: (b, c, K-1) or None -> y: (b, l, c), new state: (b, c, K-1).
+
+        starts (b, l), True at a document's first token, cuts the taps at document boundaries (DeepMind's
+        RecurrentGemma; transformers does not): y_t only reads inputs of its own document. The state keeps
+        only the last document's inputs, so a later call continues exactly as one long call would.
+        """
         x = x.transpose(1, 2)  # (b, c, l)
         if state is None:
             state = x.new_zeros(x.shape[0], x.shape[1], self.kernel_size - 1)
         padded = torch.cat([state.to(x.dtype), x], dim=-1)  # (b, c, K-1+l)
-        y = F.conv1d(padded, self.weight, self.bias, groups=x.shape[1])  # (b, c, l)
-        return y.transpose(1, 2), padded[:, :, padded.shape[-1] - (self.kernel_size - 1) :]
+        if starts is None:
+            y = F.conv1d(padded, self.weight, self.bias, groups=x.shape[1])  # (b, c, l)
+            return y.transpose(1, 2), padded[:, :, padded.shape[-1] - (self.kernel_size - 1) :]
+        length, last = x.shape[-1], self.kernel_size - 1
+        # document of every padded input, counted from this call's start; the state's inputs are document 0
+        document = F.pad(starts.long().cumsum(dim=1), (last, 0))  # (b, K-1+l)
+        y = sum(self.weight[:, 0, k, None] * padded[:, :, k : k + length]  # tap k reads x_{t-K+1+k}
+                * (document[:, None, k : k + length] == document[:, None, last:])  # ... from t's own document
+                for k in range(self.kernel_size))
+        if self.bias is not None:
+            y = y + self.bias[:, None]
+        new_state = padded[:, :, padded.shape[-1] - last :] * (document[:, None, -last:] == document[:, None, -1:])
+        return y.transpose(1, 2), new_state
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One decode step. x: (b, c), state: (b, c, K-1) -> y: (b, c), new state."""

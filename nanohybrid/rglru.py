@@ -113,13 +113,16 @@ class RecurrentBlock(nn.Module):
         self.linear_y = nn.Linear(config.d_model, width)
         self.linear_x = nn.Linear(config.d_model, width)
         self.conv1d = CausalConv1d(width, config.d_conv)
+        self.conv_cuts_documents = config.conv_cuts_documents
         self.rg_lru = RGLRU(width, config.n_heads)
         self.linear_out = nn.Linear(width, config.d_model)
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # (b, l, d) -> (b, l, d)
         state = ctx.state((self.layer_idx, "ssm"))
         y = F.gelu(self.linear_y(hidden), approximate="tanh")
-        x, conv_state = self.conv1d(self.linear_x(hidden), None if state is None else state.conv)
-        x, hidden_state = self.rg_lru(x, ctx.positions == 0, None if state is None else state.ssm)
+        starts = ctx.positions == 0  # document starts: the conv's taps and the RG-LRU's state stop there
+        x, conv_state = self.conv1d(self.linear_x(hidden), None if state is None else state.conv,
+                                    starts if self.conv_cuts_documents else None)
+        x, hidden_state = self.rg_lru(x, starts, None if state is None else state.ssm)
         ctx.save((self.layer_idx, "ssm"), RecurrentState(conv_state, hidden_state))
         return self.linear_out(x * y)

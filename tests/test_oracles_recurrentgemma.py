@@ -51,8 +51,8 @@ HF_KWARGS = dict(
 )
 OUR_CONFIG = dict(
     vocab_size=VOCAB, d_model=D_MODEL, n_layers=3, n_heads=4, n_kv_heads=1, d_ff=192, lru_width=D_MODEL, d_conv=4,
-    sliding_window=WINDOW, window_convention="keys", rope_theta=10000.0, rotary_fraction=0.5, norm_eps=1e-6,
-    norm_offset=True, scale_embeddings=True, logit_softcap=30.0, mlp_activation="gelu_tanh", mlp_bias=True,
+    sliding_window=WINDOW, window_convention="keys", conv_cuts_documents=False,  # transformers' conv reads across
+    rope_theta=10000.0, rotary_fraction=0.5, norm_eps=1e-6, norm_offset=True, scale_embeddings=True, logit_softcap=30.0, mlp_activation="gelu_tanh", mlp_bias=True,
     attention_out_bias=True,
 )
 RENAMES = [  # (ours, HF) name fragments, replaced in this order
@@ -195,6 +195,17 @@ def test_distance_window_differs_only_beyond_the_window(pair, tokens):
         assert_close(distance(tokens[:, :WINDOW]).logits, hf_logits(hf, tokens[:, :WINDOW]), SAME_MATH, name="W tokens")
         error = relative_error(distance(tokens).logits, hf_logits(hf, tokens))
     assert error > MATERIAL, f"{LENGTH} tokens: relative error {error:.2g}, the windows are not told apart"
+
+
+def test_cutting_the_conv_at_documents_differs_only_after_a_reset(pair, tokens, positions):
+    """DeepMind's conv stops its taps at a document start; transformers' reads the previous document's
+    last tokens: the same logits before the reset, materially different after it."""
+    hf, _ = pair
+    cutting = build_ours(hf, conv_cuts_documents=True)
+    with torch.no_grad():
+        mine, theirs = cutting(tokens, positions=positions).logits, hf_logits(hf, tokens, positions)
+    assert_close(mine[:, :RESET_AT], theirs[:, :RESET_AT], SAME_MATH, name="logits before the reset")
+    assert relative_error(mine[1, RESET_AT:], theirs[1, RESET_AT:]) > MATERIAL
 
 
 class UnclippedSqrt:
