@@ -131,8 +131,6 @@ def published_cache_table() -> tuple[str, list[float]]:
 
 def plot_cache_sizes(path: str, size: str = "100m", contexts=tuple(2**k for k in range(8, 18))) -> None:
     """Cache bytes (fp16, batch 1) against context length for every architecture's `size` preset."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))

@@ -28,28 +28,36 @@ MQAR_STEPS, MQAR_BATCH, MQAR_LR = 2000, 64, 1e-3  # a 2-layer attention model le
 # Hymba's Table 3 (1B, 100B SmolLM-Corpus tokens): Wikitext perplexity and recall average (SWDE, SQuAD-C).
 PAPER_TABLE_3 = {"hymba": (18.62, 49.50), "mamba2": (19.17, 43.34), "mamba2-ffn": (20.42, 28.92),
                  "llama3": (19.28, 47.33), "samba": (19.91, 36.17)}
+# Table 9 (300M, 100B FineWeb tokens), the same columns; its SSM baselines are Mamba-1 (with and without FFN).
+PAPER_TABLE_9 = {"hymba": (28.53, 51.79), "mamba2": (30.78, 19.23), "mamba2-ffn": (33.41, 15.33),
+                 "llama3": (30.04, 39.98), "samba": (31.41, 31.01)}
 
 
-def train_mqar(arch: str, seed: int, device) -> dict:
-    """Train `arch-tiny` (2 layers) on a cycle of MQAR_SETTINGS; return {(l, D): accuracy} on held-out data."""
-    torch.manual_seed(seed)
-    config = get_config(f"{arch}-tiny", n_layers=2, vocab_size=MQAR_VOCAB, rope_theta=10000.0)
-    model = LanguageModel(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=MQAR_LR, betas=(0.9, 0.95), weight_decay=0.0)
-    generator = torch.Generator().manual_seed(seed)
-    for step in range(MQAR_STEPS):
-        length, pairs = MQAR_SETTINGS[step % len(MQAR_SETTINGS)]
-        inputs, targets = mqar_batch(MQAR_BATCH, length, pairs, MQAR_VOCAB, generator)
-        model(inputs.to(device), targets.to(device)).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    model.eval()
-    accuracy = {}
-    for setting in MQAR_SETTINGS:
-        inputs, targets = mqar_batch(256, *setting, MQAR_VOCAB, torch.Generator().manual_seed(10_000 + seed))
-        accuracy[setting] = mqar_accuracy(model, inputs.to(device), targets.to(device))
-    return accuracy
+def ordering(scores: dict[str, float], higher_is_better: bool) -> list[str]:
+    """Architectures from best to worst."""
+    return sorted(scores, key=scores.get, reverse=higher_is_better)
+
+
+def kendall_tau(first: list[str], second: list[str]) -> float:
+    """Rank agreement of two orderings of the same names: 1 identical, -1 reversed."""
+    position = {name: i for i, name in enumerate(second)}
+    pairs = [(a, b) for i, a in enumerate(first) for b in first[i + 1 :]]
+    return sum(1 if position[a] < position[b] else -1 for a, b in pairs) / len(pairs)
+
+
+def orderings(results: list[dict]) -> str:
+    """Markdown: our orderings (validation loss, MQAR mean) beside the paper's (Wiki ppl, recall average)."""
+    metrics = (("language modelling (val loss; paper: Wiki ppl)", {r["arch"]: r["val_loss"] for r in results}, 0, False),
+               ("recall (MQAR mean; paper: SWDE, SQuAD-C)", {r["arch"]: sum(r["mqar"].values()) for r in results}, 1, True))
+    lines = ["| best first | ours | Table 3 (1B) | τ | Table 9 (300M) | τ |", "|---|---|---|---|---|---|"]
+    for name, scores, column, higher_is_better in metrics:
+        ours = ordering(scores, higher_is_better)
+        cells = [name, ", ".join(ours)]
+        for table in (PAPER_TABLE_3, PAPER_TABLE_9):
+            paper = ordering({arch: table[arch][column] for arch in scores}, higher_is_better)
+            cells += [", ".join(paper), f"{kendall_tau(ours, paper):+.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def write_report(results: list[dict], out: Path) -> str:
@@ -65,6 +73,8 @@ def write_report(results: list[dict], out: Path) -> str:
         row["MQAR mean"] = f"{sum(r['mqar'].values()) / len(MQAR_SETTINGS):.3f}"
         paper_ppl, paper_recall = PAPER_TABLE_3[r["arch"]]
         row.update({"paper Wiki ppl": f"{paper_ppl}", "paper recall": f"{paper_recall}"})
+        paper_ppl, paper_recall = PAPER_TABLE_9[r["arch"]]
+        row.update({"paper T9 Wiki ppl": f"{paper_ppl}", "paper T9 recall": f"{paper_recall}"})
         rows.append(row)
     with open(out / "results.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
@@ -73,14 +83,13 @@ def write_report(results: list[dict], out: Path) -> str:
     header = list(rows[0])
     markdown = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                          + ["| " + " | ".join(row[h] for h in header) + " |" for row in rows])
+    markdown += "\n\nOrderings (τ: Kendall's rank agreement, 1 identical, -1 reversed):\n\n" + orderings(results)
     (out / "results.md").write_text(markdown + "\n")
     plot(results, out / "comparison.png")
     return markdown
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (loss_axis, recall_axis) = plt.subplots(1, 2, figsize=(11, 4))

@@ -106,8 +106,6 @@ def evaluate(model, tokens, batch_size: int, seq_len: int, batches: int, seed: i
 
 
 def plot_losses(metrics: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4))

@@ -39,3 +39,17 @@ def test_a_two_layer_attention_model_learns_it():
         optimizer.step()
         optimizer.zero_grad()
     assert mqar_accuracy(model, *held_out) > 0.9
+
+
+def test_orderings_are_read_against_the_paper():
+    """Kendall's τ: 1 for the same order, -1 reversed, 1/3 with one of three pairs swapped; a run whose
+    val losses follow Table 3's perplexities and whose recall follows its recall average agrees with it fully."""
+    from nanohybrid.compare import MQAR_SETTINGS, PAPER_TABLE_3, kendall_tau, orderings
+
+    assert kendall_tau(list("abc"), list("abc")) == 1 and kendall_tau(list("abc"), list("cba")) == -1
+    assert kendall_tau(list("abc"), list("acb")) == pytest.approx(1 / 3)
+    results = [dict(arch=arch, val_loss=ppl / 10, mqar=dict.fromkeys(MQAR_SETTINGS, recall / 100))
+               for arch, (ppl, recall) in PAPER_TABLE_3.items()]
+    rows = orderings(results).splitlines()[2:]
+    assert [row.split(" | ")[3] for row in rows] == ["+1.0", "+1.0"]
+    assert rows[0].split(" | ")[1] == "hymba, mamba2, llama3, samba, mamba2-ffn"
