@@ -60,6 +60,28 @@ def orderings(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def train_mqar(arch: str, seed: int, device) -> dict:
+    """Train `arch-tiny` (2 layers) on a cycle of MQAR_SETTINGS; return {(l, D): accuracy} on held-out data."""
+    torch.manual_seed(seed)
+    config = get_config(f"{arch}-tiny", n_layers=2, vocab_size=MQAR_VOCAB, rope_theta=10000.0)
+    model = LanguageModel(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=MQAR_LR, betas=(0.9, 0.95), weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    for step in range(MQAR_STEPS):
+        length, pairs = MQAR_SETTINGS[step % len(MQAR_SETTINGS)]
+        inputs, targets = mqar_batch(MQAR_BATCH, length, pairs, MQAR_VOCAB, generator)
+        model(inputs.to(device), targets.to(device)).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    accuracy = {}
+    for setting in MQAR_SETTINGS:
+        inputs, targets = mqar_batch(256, *setting, MQAR_VOCAB, torch.Generator().manual_seed(10_000 + seed))
+        accuracy[setting] = mqar_accuracy(model, inputs.to(device), targets.to(device))
+    return accuracy
+
+
 def write_report(results: list[dict], out: Path) -> str:
     """results: one dict per architecture (arch, parameters, val_loss, tokens_per_second, seconds, mqar).
     Writes results.csv, results.md and comparison.png under `out`; returns the markdown."""

@@ -5,7 +5,7 @@ Reference: Dong et al. 2024, "Hymba: A Hybrid-head Architecture for Small Langua
 
     [Q, K, V, X_ssm, G] = W_in X̃                     one fused projection (no K, V in a KV consumer)
     Y_attn = softmax(Q Kᵀ / sqrt(hd)) V               value heads are 2·hd wide, so Y_attn has d_inner channels
-    Y_ssm  = G ⊙ SSM(X_ssm)                           Mamba-1 selective scan with RMSNorm on dt, B and C
+    Y_ssm  = SiLU(G) ⊙ SSM(X_ssm)                     Mamba-1 selective scan (RMSNorm on dt, B, C), gated by z = G
     Y      = W_out( (β1 ⊙ norm(Y_attn) + β2 ⊙ norm(Y_ssm)) / 2 )
 
 β1 and β2 are the weights of the two RMSNorms, so zeroing one removes that branch exactly. The

@@ -78,9 +78,14 @@ def load_backends() -> None:
     global _backends_loaded
     if not _backends_loaded:
         _backends_loaded = True
-        if not torch.cuda.is_available():
-            os.environ.setdefault("TRITON_INTERPRET", "1")
+        _interpret_triton_without_a_gpu()
         import kernels  # noqa: F401  (registers on import)
+
+
+def _interpret_triton_without_a_gpu() -> None:
+    """Triton kernels defined after this run in Triton's interpreter when there is no GPU."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def parse_selection(text: str) -> dict[str, str]:
@@ -135,6 +140,7 @@ def load_student_function(op: str, spec: str) -> Implementation:
 @functools.cache
 def _load_student_function(op: str, spec: str, modified: int) -> Implementation:
     path, _, function_name = spec.rpartition(":")
+    _interpret_triton_without_a_gpu()  # a student's file may define Triton kernels
     module_spec = importlib.util.spec_from_file_location(f"student_{op}_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
