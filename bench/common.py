@@ -1,0 +1,153 @@
+"""What every benchmark shares: the machine it ran on, timing with medians, the correctness gate, tables, plots.
+
+Timing: `measure({name: function})` runs `warmup` untimed calls of each, then `repeats` timed rounds that
+call the functions in turn (so that the two sides of a comparison see the same background load), and
+reports each one's median and interquartile range (the middle half of the samples), which one slow
+outlier does not move the way it moves a mean. On a GPU it synchronises before reading the clock.
+
+The gate: `check(...)` compares two outputs by relative error ‖ours − theirs‖ / ‖theirs‖
+(nanohybrid/testing.py) and prints the result; a speedup is reported only for a pair whose check
+passed (as fla's benchmarks do).
+"""
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import nanohybrid  # noqa: F401  (flushes subnormal floats to zero, for both sides of every comparison)
+from nanohybrid.testing import relative_error
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def setup(threads: int, device: str) -> torch.device:
+    """The same number of intra-op threads for every measurement of a run, and a fixed seed."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no GPU is visible to PyTorch here; run on a machine with one, or use cpu")
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    return torch.device(device)
+
+
+@dataclass
+class Timing:
+    """Seconds per call: the median and the interquartile range of the timed repeats."""
+
+    median: float
+    q1: float
+    q3: float
+
+    def __str__(self) -> str:
+        return f"{format_seconds(self.median)} [{format_seconds(self.q1)}–{format_seconds(self.q3)}]"
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(functions: dict, device: torch.device, warmup: int, repeats: int) -> dict[str, Timing]:
+    """Time each of `functions` (name -> callable): `warmup` untimed calls each, then `repeats` timed rounds in
+    which every function runs once in turn, so that all of them see the same background load -> name -> Timing."""
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    samples = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            synchronize(device)
+            start = time.perf_counter()
+            function()
+            synchronize(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: summarise(times) for name, times in samples.items()}
+
+
+def summarise(samples: list[float]) -> Timing:
+    """Median and quartiles of two or more samples."""
+    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return Timing(median, q1, q3)
+
+
+def check(name: str, ours: torch.Tensor, theirs: torch.Tensor, bound: float) -> bool:
+    """The correctness gate: print the relative error of ours against theirs and whether it is within `bound`."""
+    ours, theirs = ours.detach().float().cpu(), theirs.detach().float().cpu()
+    comparable = ours.shape == theirs.shape and torch.isfinite(ours).all()
+    error = relative_error(ours, theirs) if comparable else float("inf")
+    passed = error <= bound
+    print(f"  check {name}: relative error {error:.2g} (bound {bound:.0e}) {'ok' if passed else 'FAILED'}")
+    return passed
+
+
+def machine() -> list[str]:
+    """The machine and software a run measured, one markdown bullet each."""
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    lines = [f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='minutes')}",
+             f"- CPU: {cpu}, {os.cpu_count()} logical cores visible, torch threads: {torch.get_num_threads()}",
+             f"- GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}",
+             f"- Python {platform.python_version()}, torch {torch.__version__}"]
+    try:
+        import transformers
+        lines[-1] += f", transformers {transformers.__version__}"
+    except ImportError:
+        pass
+    return lines
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(name: str, title: str, settings: str, sections: list[str]) -> Path:
+    """bench/results/<name>.md: the title, the machine, the settings, then each section; printed too."""
+    RESULTS.mkdir(exist_ok=True)
+    text = "\n\n".join([f"# {title}", "\n".join(machine()), settings, *sections]) + "\n"
+    path = RESULTS / f"{name}.md"
+    path.write_text(text)
+    print("\n" + text + f"\nwrote {path}")
+    return path
+
+
+def figure(rows: int, columns: int):
+    """A matplotlib figure with a grid of plots, and its axes in reading order (the Agg backend: no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False)
+    return fig, list(axes.flat)
+
+
+def log_log(axis, xs: list[int], xlabel: str, ylabel: str, title: str) -> None:
+    """Log scales on both axes, the x ticks at the measured points."""
+    axis.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    axis.set_xticks(xs, [f"{x:,}" for x in xs])
+    axis.minorticks_off()
+    axis.grid(True, which="major", alpha=0.3)
+
+
+def save_figure(fig, name: str) -> Path:
+    import matplotlib.pyplot as plt
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,227 @@
+"""The scans alone, forward and forward + backward, against the pure-PyTorch scans of mamba_ssm and transformers.
+
+    python -m bench.scan_ops --quick          about a minute: T in {128, 256}, 2 timed calls
+    python -m bench.scan_ops                  the measurement: T in {256, 1024, 4096}, 5 timed calls
+    python -m bench.scan_ops --device cuda    adds our Triton kernels (on a GPU transformers' functions
+                                              call mamba_ssm's kernels when it is installed)
+
+Widths (paper-like, CPU-feasible; batch 2, fp32):
+  S6      d_inner 512, d_state 16 (Mamba-130M: 1536, 16). Ours: nanohybrid/scan.py through the registry;
+          mamba_ssm's selective_scan_ref; transformers' mamba_selective_scan (MambaMixer's CPU scan).
+  SSD     8 heads × head dim 64 = d_inner 512, d_state 64, 1 group, chunk 64, a non-zero initial state.
+          Ours chunked (the registry's), quadratic and loop (nanohybrid/ssd.py); transformers' mamba2_chunk_scan.
+  RG-LRU  width 512, a document reset in row 1. Ours: nanohybrid/rglru.py through the registry;
+          transformers' RecurrentGemmaRglru._rnn_scan, after the gate normalisation its forward applies.
+
+Every implementation takes the same inputs (each in its own layout) and must match ours before it is timed:
+output, final state and the gradient of every input under one random upstream gradient. "forward" runs
+under torch.no_grad (inference); "fwd+bwd" records the graph and back-propagates (training). A call
+expected to take longer than --max-call-seconds (at least linear growth from the previous length) is not
+run: the references that index the time axis inside their loop have a backward quadratic in T.
+"""
+
+import argparse
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import check, figure, format_seconds, log_log, measure, save_figure, setup, table, write_report
+from nanohybrid import ops
+from nanohybrid.mamba import init_dt_bias
+from nanohybrid.ssd import ssd_quadratic, ssd_recurrent
+from tests.oracles import (import_mamba_ssm_references, modeling_mamba, modeling_mamba2, modeling_recurrent_gemma,
+                           transformers)
+from tests.test_oracles_mamba import reference_s6
+
+BATCH, D_INNER, S6_STATE = 2, 512, 16
+SSD_HEADS, SSD_HEAD_DIM, SSD_STATE, SSD_CHUNK = 8, 64, 64, 64
+GATE = 1e-4  # relative error, outputs and gradients: the same fp32 math in another order
+
+
+def s6_inputs(length, generator):
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    dt_bias = torch.empty(D_INNER)
+    init_dt_bias(dt_bias)  # Mamba's Δ init: softplus(bias) log-uniform in [1e-3, 0.1]
+    return dict(x=randn(BATCH, length, D_INNER), dt=0.1 * randn(BATCH, length, D_INNER),
+                A=-torch.arange(1.0, S6_STATE + 1).repeat(D_INNER, 1), B=randn(BATCH, length, S6_STATE),
+                C=randn(BATCH, length, S6_STATE), D=randn(D_INNER), z=randn(BATCH, length, D_INNER), dt_bias=dt_bias)
+
+
+def ssd_inputs(length, generator):
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    return dict(x=randn(BATCH, length, SSD_HEADS, SSD_HEAD_DIM), dt=F.softplus(randn(BATCH, length, SSD_HEADS) - 3),
+                A=-torch.linspace(1, 16, SSD_HEADS), B=randn(BATCH, length, 1, SSD_STATE),
+                C=randn(BATCH, length, 1, SSD_STATE), initial_state=randn(BATCH, SSD_HEADS, SSD_HEAD_DIM, SSD_STATE))
+
+
+def rglru_inputs(length, generator):
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    reset = torch.zeros(BATCH, length, dtype=torch.bool)
+    reset[:, 0] = reset[1, length // 2] = True  # position 0: every stream starts a document; row 1 has a second
+    # log a = -c · r · softplus(p), c = 8, with softplus(p) = 0.05 (the init spans 0.001-0.1): a between 0.67 and 1
+    return dict(x=randn(BATCH, length, D_INNER), log_a=-8.0 * torch.sigmoid(randn(BATCH, length, D_INNER)) * 0.05,
+                reset=reset)
+
+
+def registry(op, implementation, **fixed):
+    """Our op as the model calls it: through nanohybrid.ops, with `implementation` selected."""
+    def run(**inputs):
+        with ops.use(**{op: implementation}):
+            return getattr(ops, op)(**inputs, **fixed)
+    return run
+
+
+def transformers_s6(x, dt, A, B, C, D, z, dt_bias):
+    y, state = modeling_mamba.mamba_selective_scan(x.mT, dt.mT, A, B.mT, C.mT, D, z.mT, delta_bias=dt_bias,
+                                                   delta_softplus=True, return_last_state=True)
+    return y.mT, state
+
+
+def transformers_ssd(x, dt, A, B, C, initial_state):
+    return modeling_mamba2.mamba2_chunk_scan(x, dt, A, B, C, SSD_CHUNK, initial_states=initial_state,
+                                             return_final_states=True)
+
+
+@functools.cache
+def recurrent_gemma_rglru():
+    """transformers' RG-LRU layer, for its _rnn_scan method (which uses none of the layer's weights)."""
+    config = transformers.RecurrentGemmaConfig(lru_width=D_INNER, hidden_size=D_INNER, num_attention_heads=8)
+    return modeling_recurrent_gemma.RecurrentGemmaRglru(config)
+
+
+def transformers_rglru(x, log_a, reset):
+    """What RecurrentGemmaRglru.forward does after its gates: a, sqrt(1 - a²) with a bounded gradient, resets,
+    then its _rnn_scan."""
+    reset = reset[:, :, None]
+    multiplier = modeling_recurrent_gemma.SqrtBoundDerivative.apply(1 - torch.exp(2 * log_a))
+    multiplier = reset + ~reset * multiplier
+    return recurrent_gemma_rglru()._rnn_scan(x * multiplier, torch.exp(log_a), reset, None)
+
+
+def implementations(device) -> dict:
+    """op -> (inputs, {name: function}), ours first; our Triton kernels too on a GPU."""
+    selective_scan_ref, _ = import_mamba_ssm_references()
+    s6 = {"ours (registry: reference)": registry("selective_scan", "reference", dt_softplus=True),
+          "mamba_ssm selective_scan_ref": lambda **inputs: reference_s6(selective_scan_ref, **inputs),
+          "transformers mamba_selective_scan": transformers_s6}
+    ssd = {"ours chunked (registry: reference)": registry("ssd", "reference", chunk_size=SSD_CHUNK),
+           "ours quadratic": ssd_quadratic, "ours loop": ssd_recurrent,
+           "transformers mamba2_chunk_scan": transformers_ssd}
+    rglru = {"ours (registry: reference)": registry("rglru_scan", "reference"),
+             "transformers _rnn_scan": transformers_rglru}
+    if device.type == "cuda":
+        s6["ours (registry: triton)"] = registry("selective_scan", "triton", dt_softplus=True)
+        ssd["ours chunked (registry: triton)"] = registry("ssd", "triton", chunk_size=SSD_CHUNK)
+        rglru["ours (registry: triton)"] = registry("rglru_scan", "triton")
+    return {"S6 selective scan": (s6_inputs, s6), "SSD (Mamba-2)": (ssd_inputs, ssd), "RG-LRU": (rglru_inputs, rglru)}
+
+
+def forward_backward(function, inputs, upstream):
+    """Outputs (y, final state) and the gradient of every float input under the fixed upstream gradients."""
+    leaves = {name: t.detach().clone().requires_grad_(t.is_floating_point()) for name, t in inputs.items()}
+    outputs = function(**leaves)
+    loss = sum((output * gradient).sum() for output, gradient in zip(outputs, upstream))
+    differentiable = [t for t in leaves.values() if t.requires_grad]
+    return outputs, torch.autograd.grad(loss, differentiable)
+
+
+def run_length(op, make_inputs, functions, length, args, device, previous: dict) -> list[list]:
+    """One op at one length: gate, then time every implementation that fits the time limit."""
+    inputs = {k: v.to(device) for k, v in make_inputs(length, torch.Generator().manual_seed(length)).items()}
+    generator = torch.Generator().manual_seed(0)
+    names = list(functions)
+    with torch.no_grad():
+        shapes = [t.shape for t in functions[names[0]](**inputs)]
+    upstream = [torch.randn(shape, generator=generator).to(device) for shape in shapes]
+    rows, runnable, expected = [], {}, None
+    for name in names:
+        estimate = previous.get(name, 0) * length / previous.get("length", length)
+        if estimate > args.max_call_seconds:
+            rows.append([op, length, name, "not run", f"not run: ≥ {format_seconds(estimate)}", "–", "–"])
+            continue
+        print(f"{op}, T={length}: {name}")
+        outputs, grads = forward_backward(functions[name], inputs, upstream)  # the gate, and the warm-up
+        if expected is None:
+            expected, passed = (outputs, grads), True
+        else:
+            (expected_y, expected_state), expected_grads = expected
+            passed = (check("output", outputs[0], expected_y, GATE)
+                      & check("final state", outputs[1], expected_state, GATE)
+                      & check("input gradients", torch.cat([g.flatten() for g in grads]),
+                              torch.cat([g.flatten() for g in expected_grads]), GATE))
+        runnable[name] = passed
+    previous["length"] = length
+
+    def inference(function):
+        def call():
+            with torch.no_grad():
+                function(**inputs)
+        return call
+
+    forward = measure({name: inference(functions[name]) for name in runnable}, device, 1, args.repeats)
+    training = measure({name: lambda f=functions[name]: forward_backward(f, inputs, upstream) for name in runnable},
+                       device, 0, args.repeats)
+    previous.update({name: timing.median for name, timing in training.items()})
+    ours = names[0]
+    for name, passed in runnable.items():
+        if name == ours:
+            speedup = "–"
+        elif not passed:
+            speedup = "check failed"
+        else:
+            speedup = (f"{training[name].median / training[ours].median:.2f}× / "
+                       f"{forward[name].median / forward[ours].median:.2f}×")
+        rows.append([op, length, name, forward[name], training[name], speedup, "ok" if passed else "FAILED"])
+    return sorted(rows, key=lambda row: names.index(row[2]))
+
+
+def plot(rows: list[list], lengths, name: str) -> None:
+    ops_ = list(dict.fromkeys(row[0] for row in rows))
+    fig, axes = figure(1, len(ops_))
+    for axis, op in zip(axes, ops_):
+        for implementation in dict.fromkeys(row[2] for row in rows if row[0] == op):
+            points = [(row[1], row[4].median) for row in rows
+                      if row[0] == op and row[2] == implementation and not isinstance(row[4], str)]
+            if points:
+                axis.plot(*zip(*points), marker="o", label=implementation)
+        log_log(axis, lengths, "sequence length T", "fwd+bwd seconds (median)", op)
+        axis.legend(fontsize=7)
+    save_figure(fig, name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short sequences, few repeats: checks the script works")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, the same for all")
+    parser.add_argument("--max-call-seconds", type=float, default=60.0, help="skip calls expected to take longer")
+    args = parser.parse_args()
+    device = setup(args.threads, args.device)
+    lengths, args.repeats = ((128, 256), 2) if args.quick else ((256, 1024, 4096), 5)
+    rows = []
+    for op, (make_inputs, functions) in implementations(device).items():
+        previous = {}
+        for length in lengths:
+            rows += run_length(op, make_inputs, functions, length, args, device, previous)
+    headers = ["op", "T", "implementation", "forward: median [IQR]", "fwd+bwd: median [IQR]",
+               "first row faster by (fwd+bwd / fwd)", "gate"]
+    settings = (f"Batch {BATCH}, fp32. S6: d_inner {D_INNER}, d_state {S6_STATE}. SSD: {SSD_HEADS} heads × "
+                f"{SSD_HEAD_DIM}, d_state {SSD_STATE}, 1 group, chunk {SSD_CHUNK}, initial state. "
+                f"RG-LRU: width {D_INNER}. "
+                f"1 warm-up call (the gate), then {args.repeats} timed calls each, interleaved. Gate: output, final "
+                f"state and input gradients within relative error {GATE:.0e} of ours (the first row of each op). "
+                f"Target: ours ≥ 10× faster than selective_scan_ref.")
+    name = "scan_ops" + ("_gpu" if device.type == "cuda" else "") + ("_quick" if args.quick else "")
+    write_report(name, "Scan ops", settings, [table(headers, rows)])
+    plot(rows, lengths, name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Training throughput of every architecture, against transformers at the same config, and against the machine.
+
+    python -m bench.train_throughput --quick        about a minute: batch 2 × 128, 3 timed steps
+    python -m bench.train_throughput                the measurement: batch 8 × 256 (train_small.py's), 10 steps
+    python -m bench.train_throughput --device cuda  the GPU section: 100m presets, reference vs Triton vs upstream
+
+One training step = forward, cross-entropy loss (plus Jamba's router loss), backward, AdamW step. Each
+architecture's `small` preset is timed; where transformers has the same model (llama3, mamba, mamba2,
+jamba, griffin and hawk as RecurrentGemma) it is built from the same config, its weights are copied into
+ours with the tests' name mappings, and the pair must agree on the loss and on every parameter's
+gradient before either is timed. The two sides' steps are interleaved (ours, theirs, ours, ...) so that
+both see the same background load, and each reports the median of its repeats.
+
+MFU (model FLOPs utilisation) = tokens/s × FLOPs per token (nanohybrid.analysis.training_flops_per_token)
+÷ the fp32 matmul peak measured in the same run (the median of large torch.matmul calls).
+"""
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from bench.common import check, figure, measure, save_figure, setup, table, write_report
+from nanohybrid import ops
+from nanohybrid.analysis import training_flops_per_token
+from nanohybrid.config import ARCHITECTURES, ModelConfig, get_config
+from nanohybrid.model import LanguageModel
+from tests import test_oracles_jamba, test_oracles_llama, test_oracles_mamba, test_oracles_recurrentgemma
+from tests.oracles import (modeling_jamba, modeling_llama, modeling_mamba, modeling_mamba2, modeling_recurrent_gemma,
+                           transformers)
+
+TARGETS = {"llama3": 1.0}  # speedup over transformers; every recurrent and hybrid architecture: 1.5
+TARGET_MFU = 0.5  # llama3-small
+GATE = 1e-4  # relative error of the loss and of all gradients: the same fp32 math in another order (1e-7 - 1e-5)
+RECURRENT_GEMMA = dict(window_convention="keys", scale_embeddings=True, logit_softcap=30.0)  # tests' conventions
+
+
+@dataclass
+class Upstream:
+    """How to build transformers' model for one of our configs and read its parameters under our names."""
+
+    build: Callable[[ModelConfig], torch.nn.Module]
+    read: Callable[[str, dict, ModelConfig], torch.Tensor]  # (our name, HF tensors by name, config) -> tensor
+    our_overrides: dict  # conventions ours must switch to, to be the same function as transformers'
+    kwargs: dict  # extra arguments of the HF forward pass
+
+
+def llama(c):
+    return modeling_llama.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, rms_norm_eps=c.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta}, max_position_embeddings=c.max_seq_len,
+        tie_word_embeddings=c.tie_embeddings, pad_token_id=None))
+
+
+def mamba(c):
+    return modeling_mamba.MambaForCausalLM(transformers.MambaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layers, state_size=c.d_state,
+        expand=c.ssm_expand, conv_kernel=c.d_conv, time_step_rank=c.mamba_dt_rank, layer_norm_epsilon=c.norm_eps,
+        tie_word_embeddings=c.tie_embeddings, pad_token_id=None))
+
+
+def mamba2(c):
+    return modeling_mamba2.Mamba2ForCausalLM(transformers.Mamba2Config(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layers, num_heads=c.mamba2_n_heads,
+        head_dim=c.mamba2_head_dim, state_size=c.d_state, n_groups=c.mamba2_n_groups, expand=c.ssm_expand,
+        conv_kernel=c.d_conv, chunk_size=c.chunk_size, layer_norm_epsilon=c.norm_eps,
+        tie_word_embeddings=c.tie_embeddings, pad_token_id=None))
+
+
+def jamba(c):
+    return modeling_jamba.JambaForCausalLM(transformers.JambaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, num_experts=c.n_experts,
+        num_experts_per_tok=c.experts_per_token, expert_layer_period=2, expert_layer_offset=1, attn_layer_period=8,
+        attn_layer_offset=4, mamba_d_state=c.d_state, mamba_d_conv=c.d_conv, mamba_expand=c.ssm_expand,
+        mamba_dt_rank=c.mamba_dt_rank, rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tie_embeddings,
+        router_aux_loss_coef=c.router_aux_loss_coef, max_position_embeddings=c.max_seq_len, use_cache=False,
+        pad_token_id=None))
+
+
+def recurrent_gemma(c):
+    kinds = {"rglru": "recurrent", "attention": "attention"}
+    return modeling_recurrent_gemma.RecurrentGemmaForCausalLM(transformers.RecurrentGemmaConfig(
+        num_hidden_layers=c.n_layers, vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=2 * c.d_ff,
+        num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, lru_width=c.rglru_width,
+        attention_window_size=c.sliding_window or c.max_seq_len, conv1d_width=c.d_conv, logits_soft_cap=c.logit_softcap,
+        block_types=[kinds[spec.mixer] for spec in c.layers], rms_norm_eps=c.norm_eps, pad_token_id=None,
+        use_cache=False))
+
+
+def by_name(mapping):
+    return lambda name, tensors, config: tensors[mapping(name)]
+
+
+UPSTREAM = {
+    "llama3": Upstream(llama, by_name(test_oracles_llama.hf_name), {}, {}),
+    "mamba": Upstream(mamba, by_name(test_oracles_mamba.hf_name), {}, {}),
+    "mamba2": Upstream(mamba2, by_name(test_oracles_mamba.hf_name), {}, {}),
+    "jamba": Upstream(jamba, lambda name, tensors, c: test_oracles_jamba.hf_weight(name, tensors, c.d_ff)[0], {},
+                      dict(output_router_logits=True)),
+    "griffin": Upstream(recurrent_gemma, by_name(test_oracles_recurrentgemma.hf_name), RECURRENT_GEMMA, {}),
+    "hawk": Upstream(recurrent_gemma, by_name(test_oracles_recurrentgemma.hf_name), RECURRENT_GEMMA, {}),
+}
+
+
+def training_step(model, optimizer, loss_of):
+    def step():
+        loss_of(model).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def with_kernels(selection: str, function):
+    """`function` run with every op of nanohybrid/ops.py set to `selection` ("auto": the default rule)."""
+    def run():
+        with ops.use(**{op: selection for op in ops.OPS}):
+            return function()
+    return run
+
+
+def gate(ours, hf, our_loss_of, their_loss_of, read) -> bool:
+    """Same loss and same gradients (all parameters, under our names, concatenated) on the benchmark batch."""
+    our_loss, their_loss = our_loss_of(ours), their_loss_of(hf)
+    our_loss.backward()
+    their_loss.backward()
+    their_grads = {name: p.grad for name, p in hf.named_parameters()}
+    names = [name for name, _ in ours.named_parameters()]
+    grads = torch.cat([ours.get_parameter(name).grad.flatten() for name in names])
+    expected = torch.cat([read(name, their_grads, ours.config).flatten() for name in names])
+    ok = check("loss", our_loss, their_loss, GATE) & check("gradients", grads, expected, GATE)
+    ours.zero_grad(set_to_none=True)
+    hf.zero_grad(set_to_none=True)
+    return ok
+
+
+def matmul_peak(n: int, device, repeats: int) -> float:
+    """FLOP/s of an (n × n) @ (n × n) fp32 matmul: the machine's practical limit at this thread count."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    timing = measure({"matmul": lambda: torch.matmul(a, b)}, device, warmup=2, repeats=max(repeats, 10))["matmul"]
+    return 2 * n**3 / timing.median
+
+
+def run(arch: str, size: str, args, device, peak: float, kernels: dict[str, str]) -> list[list]:
+    """One architecture: our model under each kernel selection (label -> selection), and transformers' model
+    where it has one."""
+    upstream = UPSTREAM.get(arch)
+    config = get_config(f"{arch}-{size}", **(upstream.our_overrides if upstream else {}))
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq_len), generator=generator).to(device)
+    targets = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], -100)], dim=1)  # HF shifts its labels itself
+
+    def our_loss(model):
+        return model(tokens, targets=targets).loss
+
+    def their_loss(model):
+        return model(input_ids=tokens, labels=tokens, use_cache=False, **upstream.kwargs).loss
+
+    torch.manual_seed(0)
+    ours = LanguageModel(config).to(device).train()
+    steps, passed = {}, {}
+    if upstream:
+        torch.manual_seed(0)
+        hf = upstream.build(config).to(device).train()
+        hf_tensors = dict(hf.named_parameters())
+        ours.load_state_dict({name: upstream.read(name, hf_tensors, config).detach().clone()
+                              for name in ours.state_dict()})
+        for label, selection in kernels.items():
+            print(f"{arch}: {label} against transformers' {type(hf).__name__}")
+            passed[label] = with_kernels(selection, lambda: gate(ours, hf, our_loss, their_loss, upstream.read))()
+        steps["transformers"] = training_step(hf, torch.optim.AdamW(hf.parameters(), lr=1e-4), their_loss)
+    else:
+        print(f"{arch}: no transformers counterpart")
+    optimizer = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+    for label, selection in kernels.items():
+        steps[label] = with_kernels(selection, training_step(ours, optimizer, our_loss))
+    timings = measure(steps, device, args.warmup, args.repeats)
+    tokens_per_step = args.batch * args.seq_len
+    flops = training_flops_per_token(config, args.seq_len)
+    theirs = timings.get("transformers")
+    rows = []
+    for name, timing in timings.items():
+        throughput = tokens_per_step / timing.median
+        if name == "transformers":
+            speedup = "1"
+        elif theirs is None:
+            speedup = "–"
+        elif not passed[name]:
+            speedup = "check failed"
+        else:
+            speedup = f"{theirs.median / timing.median:.2f}× (target {TARGETS.get(arch, 1.5)}×)"
+        rows.append([f"`{arch}-{size}`", name, timing, f"{throughput:,.0f}", speedup, f"{flops / 1e6:.1f}",
+                     f"{throughput * flops / peak:.1%}"])
+    return rows
+
+
+def plot(rows: list[list], name: str) -> None:
+    fig, (axis,) = figure(1, 1)
+    labels = [f"{row[0].strip('`')}\n{row[1]}" for row in rows]
+    axis.barh(labels[::-1], [float(row[3].replace(",", "")) for row in rows][::-1],
+              color=["tab:gray" if row[1] == "transformers" else "tab:blue" for row in rows][::-1])
+    axis.set(xlabel="training tokens/s (median)", title="Training throughput")
+    axis.tick_params(axis="y", labelsize=7)
+    fig.set_size_inches(7, 0.35 * len(rows) + 1.5)
+    save_figure(fig, name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small batch, few repeats: checks the script works")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, the same for every model")
+    parser.add_argument("--arch", nargs="*", default=list(ARCHITECTURES))
+    args = parser.parse_args()
+    device = setup(args.threads, args.device)
+    gpu = device.type == "cuda"
+    args.batch, args.seq_len = (2, 128) if args.quick else (8, 1024) if gpu else (8, 256)
+    args.warmup, args.repeats = (1, 3) if args.quick else (2, 10)
+    size = "100m" if gpu else "small"
+    kernels = {"ours (reference)": "reference", "ours (triton)": "triton"} if gpu else {"ours": "auto"}
+    n = 1024 if args.quick else 4096 if gpu else 2048
+    peak = matmul_peak(n, device, args.repeats)
+    print(f"fp32 matmul peak ({n}×{n}): {peak / 1e9:.1f} GFLOP/s")
+    rows = [row for arch in args.arch for row in run(arch, size, args, device, peak, kernels)]
+    headers = ["preset", "implementation", "step: median [IQR]", "tokens/s", "speedup vs transformers", "MFLOPs/token",
+               "MFU"]
+    llama = [row for row in rows if row[0] == f"`llama3-{size}`" and row[1].startswith("ours")]
+    verdict = f"llama3-{size} MFU {llama[0][6]} (target ≥{TARGET_MFU:.0%})" if llama else ""
+    settings = (f"Batch {args.batch} × {args.seq_len} tokens, fp32, {args.warmup} warm-up and {args.repeats} timed "
+                f"steps each (interleaved between the implementations of one preset), AdamW. fp32 matmul peak "
+                f"({n}×{n}, same threads): {peak / 1e9:.1f} GFLOP/s. Correctness gate: loss and all gradients within "
+                f"relative error {GATE:.0e} of transformers' after a weight copy. {verdict}")
+    name = "train_throughput" + ("_gpu" if gpu else "") + ("_quick" if args.quick else "")
+    write_report(name, "Training throughput", settings, [table(headers, rows)])
+    plot(rows, name)
+
+
+if __name__ == "__main__":
+    main()
