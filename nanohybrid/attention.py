@@ -58,9 +58,20 @@ def attention(q, k, v, query_index, key_index, query_document, key_document, max
     return scaled_dot_product_attention(q, k, v, mask, scale)
 
 
+def plainly_causal(query_index, key_index, key_document, max_distance) -> bool:
+    """True when the mask is the plain lower triangle: the queries are the keys, in stream order, all in
+    one document per row, and no window cuts anything off."""
+    return (query_index.shape == key_index.shape and torch.equal(query_index, key_index)
+            and bool((key_index.diff(dim=1) > 0).all()) and bool((key_document == key_document[:, :1]).all())
+            and (max_distance is None or bool((key_index[:, -1] - key_index[:, 0] <= max_distance).all())))
+
+
 @ops.register("attention", "sdpa")
 def attention_sdpa(q, k, v, query_index, key_index, query_document, key_document, max_distance, n_meta, scale):
-    """The same op through PyTorch's fused scaled_dot_product_attention (the fast CPU path)."""
+    """The same op through PyTorch's fused scaled_dot_product_attention (the fast CPU path). A training
+    or prefill call whose mask is the plain lower triangle uses SDPA's own causal path instead of a mask."""
+    if plainly_causal(query_index, key_index, key_document, max_distance):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
     mask = attention_mask(query_index, key_index, query_document, key_document, max_distance, n_meta)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 

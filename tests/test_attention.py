@@ -98,3 +98,17 @@ def test_consumer_attends_to_its_producers_keys_and_values():
     assert_close(out, expected.transpose(1, 2).flatten(2), SAME_MATH, "consumer attention")
     ctx.shared_kv[1] = (torch.randn_like(k), v, key_index, ctx.document)
     assert not torch.allclose(consumer.attention(q, None, None, ctx), out, atol=1e-3)
+
+
+def test_sdpa_takes_its_causal_path_only_for_the_plain_lower_triangle():
+    """The parity suite's causal case runs SDPA's is_causal path; documents, a window that cuts, a
+    decode call or a ring buffer must build the mask."""
+    from nanohybrid.attention import plainly_causal
+
+    index, one_document = torch.arange(12).expand(2, 12), torch.zeros(2, 12, dtype=torch.long)
+    assert plainly_causal(index, index, one_document, None)
+    assert plainly_causal(index, index, one_document, 11)  # a window wider than the call cuts nothing
+    assert not plainly_causal(index, index, one_document, 10)
+    assert not plainly_causal(index, index, (index >= 6).long(), None)  # two documents
+    assert not plainly_causal(index[:, -1:], index, one_document, None)  # decoding: one query, many keys
+    assert not plainly_causal(index.flip(1), index.flip(1), one_document, None)  # slots out of order
