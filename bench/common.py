@@ -10,6 +10,7 @@ The gate: `check(...)` compares two outputs by relative error ‖ours − theirs
 passed (as fla's benchmarks do).
 """
 
+import argparse
 import datetime
 import os
 import platform
@@ -24,6 +25,15 @@ import nanohybrid  # noqa: F401  (flushes subnormal floats to zero, for both sid
 from nanohybrid.testing import relative_error
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def arguments(description: str, quick: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --quick (what it shrinks: `quick`), --device and --threads."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"{quick}: checks the script works")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, the same for every measurement")
+    return parser
 
 
 def setup(threads: int, device: str) -> torch.device:

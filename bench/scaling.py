@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from bench.common import figure, log_log, save_figure, setup, synchronize, table, write_report
+from bench.common import arguments, figure, log_log, save_figure, setup, synchronize, table, write_report
 from nanohybrid.analysis import cache_bytes
 from nanohybrid.config import ARCHITECTURES, get_config
 from nanohybrid.generate import prefill
@@ -175,10 +175,7 @@ def report(results: dict, archs: list[str], contexts: list[int], args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="contexts up to 1K, few repeats: checks the script works")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, the same for every point")
+    parser = arguments(__doc__, "contexts up to 1K, few repeats")
     parser.add_argument("--arch", nargs="*", default=list(ARCHITECTURES))
     parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill N tokens per call (default: all)")
     parser.add_argument("--worker", nargs=2, metavar=("ARCH", "CONTEXT"), help=argparse.SUPPRESS)

@@ -20,13 +20,12 @@ expected to take longer than --max-call-seconds (at least linear growth from the
 run: the references that index the time axis inside their loop have a backward quadratic in T.
 """
 
-import argparse
 import functools
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import check, figure, format_seconds, log_log, measure, save_figure, setup, table, write_report
+from bench.common import arguments, check, figure, format_seconds, log_log, measure, save_figure, setup, table, write_report
 from nanohybrid import ops
 from nanohybrid.mamba import init_dt_bias
 from nanohybrid.ssd import ssd_quadratic, ssd_recurrent
@@ -197,10 +196,7 @@ def plot(rows: list[list], lengths, name: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short sequences, few repeats: checks the script works")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, the same for all")
+    parser = arguments(__doc__, "short sequences, few repeats")
     parser.add_argument("--max-call-seconds", type=float, default=60.0, help="skip calls expected to take longer")
     args = parser.parse_args()
     device = setup(args.threads, args.device)

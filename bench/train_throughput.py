@@ -15,13 +15,12 @@ MFU (model FLOPs utilisation) = tokens/s × FLOPs per token (nanohybrid.analysis
 ÷ the fp32 matmul peak measured in the same run (the median of large torch.matmul calls).
 """
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from bench.common import check, figure, measure, save_figure, setup, table, write_report
+from bench.common import arguments, check, figure, measure, save_figure, setup, table, write_report
 from nanohybrid import ops
 from nanohybrid.analysis import training_flops_per_token
 from nanohybrid.config import ARCHITECTURES, ModelConfig, get_config
@@ -208,10 +207,7 @@ def plot(rows: list[list], name: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small batch, few repeats: checks the script works")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, the same for every model")
+    parser = arguments(__doc__, "small batch, few repeats")
     parser.add_argument("--arch", nargs="*", default=list(ARCHITECTURES))
     args = parser.parse_args()
     device = setup(args.threads, args.device)
