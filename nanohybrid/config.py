@@ -77,8 +77,9 @@ class ModelConfig:
     n_experts: int = 0
     experts_per_token: int = 2
     router_aux_loss_coef: float = 0.001
-    # Meta tokens.
+    # Meta tokens and the Hymba fusion.
     n_meta_tokens: int = 0
+    fusion_beta_init: float = 1.0  # initial β1, β2 of Hymba's fusion norms (the released checkpoints' code: 1)
 
     def __post_init__(self):
         self.validate()
@@ -196,7 +197,8 @@ def layer_pattern(config: ModelConfig) -> tuple[LayerSpec, ...]:
 # reach the same parameter count as its peers.
 
 ARCH_DEFAULTS = {
-    "hymba": dict(ssm_inner_norms=True, window_convention="distance", norm_eps=1e-6, n_meta_tokens=DEFAULT_META_TOKENS),
+    "hymba": dict(ssm_inner_norms=True, window_convention="distance", norm_eps=1e-6, n_meta_tokens=DEFAULT_META_TOKENS,
+                  fusion_beta_init=0.1),
     "jamba": dict(ssm_inner_norms=True, rotary_fraction=0.0, norm_eps=1e-6, tie_embeddings=False),
     "griffin": dict(norm_offset=True, mlp_activation="gelu_tanh", mlp_bias=True, attention_out_bias=True,
                     n_kv_heads=1, rotary_fraction=0.5, window_convention="distance", norm_eps=1e-6),

@@ -104,3 +104,26 @@ def test_zeroing_a_beta_removes_that_branch_exactly():
         mixer.ssm.A_log.normal_()
         assert torch.equal(run(), without_ssm)
         assert not torch.allclose(without_ssm, without_attention, atol=1e-3)
+
+
+def _first_mixer_write(preset: str, **overrides) -> float:
+    """RMS of what block 0's mixer adds to the residual stream at init, relative to the token embeddings'."""
+    torch.manual_seed(0)
+    model = LanguageModel(get_config(preset, **overrides))
+    tokens = torch.randint(0, model.config.vocab_size, (4, 64))
+    written = {}
+    model.blocks[0].mixer.register_forward_hook(lambda module, inputs, output: written.setdefault("x", output))
+    with torch.no_grad():
+        model(tokens)
+        embeddings = model.embedding(tokens)
+    return (written["x"][:, -64:].pow(2).mean().sqrt() / embeddings.pow(2).mean().sqrt()).item()
+
+
+def test_hybrid_heads_start_writing_at_the_scale_of_llamas_attention():
+    """β starts at fusion_beta_init = 0.1. With the released code's β = 1, the unit-RMS fused output makes
+    hymba-small's first layer write 3.9× the embeddings into the residual stream (llama3-small: 0.42×),
+    and a 2-layer Hymba did not learn MQAR (see hybrid_head.py). Bound: within 1.5× of Llama's write."""
+    for size in ("tiny", "small"):
+        llama = _first_mixer_write(f"llama3-{size}")
+        assert _first_mixer_write(f"hymba-{size}") < 1.5 * llama
+        assert _first_mixer_write(f"hymba-{size}", fusion_beta_init=1.0) > 4 * llama  # the released init, for contrast
