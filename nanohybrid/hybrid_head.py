@@ -16,8 +16,9 @@ head sends unit-RMS vectors through W_out into the residual stream: hymba-small'
 3.9× the RMS of the token embeddings at step 0, where llama3-small's attention writes 0.42×. That
 output, nearly the same at every position, drowns which token is where: a 2-layer Hymba did not learn
 associative recall (MQAR) in 2800 steps. Starting β at 0.1, as LayerScale starts its per-channel
-residual scales (Touvron et al. 2021, CaiT), brings the write to 0.39× and Hymba learns MQAR in 400
-steps (Llama 3: 1200). `fusion_beta_init` sets it; 1 gives the released code's init.
+residual scales (Touvron et al. 2021, CaiT), brings the write to 0.39×, and a 2-layer Hymba without
+meta tokens learns MQAR in 400 steps (Llama 3: 1200; diagnostic runs at l = 32, D = 4, batch 64,
+lr 1e-3). `fusion_beta_init` sets it; 1 gives the released code's init.
 
 Shape glossary
   b batch   l length   d d_model   E d_inner = expand·d   h query heads   h_kv key/value heads
