@@ -58,49 +58,51 @@ def attention(q, k, v, query_index, key_index, query_document, key_document, max
     return scaled_dot_product_attention(q, k, v, mask, scale)
 
 
-def plainly_causal(query_index, key_index, key_document, max_distance) -> bool:
+def plainly_causal(query_index, key_index, key_document, max_distance, n_meta: int = 0) -> bool:
     """True when the mask is the plain lower triangle: the queries are the keys, in stream order, all in
-    one document per row, and no window cuts anything off."""
+    one document per row (meta tokens, visible to every document, aside), and no window cuts anything off."""
+    one_document = (key_document == key_document[:, -1:]) | (key_index < n_meta)
     return (query_index.shape == key_index.shape and torch.equal(query_index, key_index)
-            and bool((key_index.diff(dim=1) > 0).all()) and bool((key_document == key_document[:, :1]).all())
+            and bool((key_index.diff(dim=1) > 0).all()) and bool(one_document.all())
             and (max_distance is None or bool((key_index[:, -1] - key_index[:, 0] <= max_distance).all())))
 
 
-def window_blocks(query_index, key_index, max_distance, n_meta, block: int):
-    """For sliding-window attention of a stream over itself (queries = keys, in order, alike in every row):
-    per block of `block` queries, (query slice, key columns that block can see: the meta tokens', then
-    those within the window). None when the call is not such a stream. The mask still decides; this only
-    drops keys that no query of the block can see, so a long prefill costs O(l · (window + block)), not O(l²)."""
-    if max_distance is None or not torch.equal(query_index, key_index):
-        return None
-    index = key_index[0]  # (s,)
-    if not (bool((key_index == index).all()) and bool((index.diff() > 0).all())):
+def query_blocks(query_index, key_index, max_distance, n_meta, block: int):
+    """When the queries are the last l keys of one stream (in order, alike in every row; a prefill after
+    cached meta tokens, or one over its own keys): per block of `block` queries, (query slice, the key
+    columns that block can see: every earlier one, or with a window the meta tokens' and those within it).
+    None for any other call. The mask still decides; this only drops keys that no query of the block can
+    see, so a long prefill holds block × keys scores at a time, and with a window costs O(l · (window + block))."""
+    length, keys = query_index.shape[1], key_index.shape[1]
+    index, offset = key_index[0], keys - length  # (s,); the first query's column
+    if not (torch.equal(query_index, key_index[:, offset:]) and bool((key_index == index).all())
+            and bool((index.diff() > 0).all())):
         return None
     n_meta_columns = int((index < n_meta).sum())
     blocks = []
-    for start in range(0, len(index), block):
-        end = min(start + block, len(index))
-        window_start = int(torch.searchsorted(index, index[start] - max_distance))  # oldest key in the window
+    for start in range(0, length, block):
+        end = min(start + block, length)
+        window_start = 0 if max_distance is None else int(torch.searchsorted(index, index[offset + start] - max_distance))
         meta = torch.arange(min(n_meta_columns, window_start))  # the meta tokens the window has left behind
-        blocks.append((slice(start, end), torch.cat([meta, torch.arange(window_start, end)])))
+        blocks.append((slice(start, end), torch.cat([meta, torch.arange(window_start, offset + end)])))
     return blocks
 
 
-QUERY_BLOCK = 512  # queries per SDPA call in a long sliding-window prefill (a 64-token window then wastes ~1/9)
+QUERY_BLOCK = 512  # queries per SDPA call in a long prefill that is not plainly causal (see query_blocks)
 
 
 @ops.register("attention", "sdpa")
 def attention_sdpa(q, k, v, query_index, key_index, query_document, key_document, max_distance, n_meta, scale):
     """The same op through PyTorch's fused scaled_dot_product_attention (the fast CPU path). A training
     or prefill call whose mask is the plain lower triangle uses SDPA's own causal path instead of a mask;
-    a long sliding-window one runs block by block over the keys each block can see (window_blocks)."""
-    blocks = None if q.shape[2] <= QUERY_BLOCK else window_blocks(query_index, key_index, max_distance, n_meta, QUERY_BLOCK)
+    another long prefill runs block by block over the keys each block can see (query_blocks)."""
+    if plainly_causal(query_index, key_index, key_document, max_distance, n_meta):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    blocks = None if q.shape[2] <= QUERY_BLOCK else query_blocks(query_index, key_index, max_distance, n_meta, QUERY_BLOCK)
     if blocks is not None:
         return torch.cat([attention_sdpa(q[:, :, rows], k[:, :, columns], v[:, :, columns], query_index[:, rows],
                                          key_index[:, columns], query_document[:, rows], key_document[:, columns],
                                          max_distance, n_meta, scale) for rows, columns in blocks], dim=2)
-    if plainly_causal(query_index, key_index, key_document, max_distance):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
     mask = attention_mask(query_index, key_index, query_document, key_document, max_distance, n_meta)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
 

@@ -110,25 +110,33 @@ def test_sdpa_takes_its_causal_path_only_for_the_plain_lower_triangle():
     assert plainly_causal(index, index, one_document, 11)  # a window wider than the call cuts nothing
     assert not plainly_causal(index, index, one_document, 10)
     assert not plainly_causal(index, index, (index >= 6).long(), None)  # two documents
+    assert plainly_causal(index, index, (index >= 2).long(), None, n_meta=2)  # meta tokens, then one document
+    assert not plainly_causal(index, index, (index >= 2).long(), 10, n_meta=2)  # the window cuts them off
     assert not plainly_causal(index[:, -1:], index, one_document, None)  # decoding: one query, many keys
     assert not plainly_causal(index.flip(1), index.flip(1), one_document, None)  # slots out of order
 
 
-def test_long_sliding_window_prefill_runs_block_by_block_and_matches_the_reference(monkeypatch):
-    """attention_sdpa's blocked path (window_blocks), with blocks of 8 queries: meta tokens, a window, two
-    documents and GQA, against the reference; each block reads only the keys it can see."""
+@pytest.mark.parametrize("max_distance", [5, None])
+@pytest.mark.parametrize("cached_meta", [False, True])
+def test_long_prefill_runs_block_by_block_and_matches_the_reference(monkeypatch, max_distance, cached_meta):
+    """attention_sdpa's blocked path (query_blocks), with blocks of 8 queries: meta tokens (in the call, or
+    cached before it), two documents and GQA, with and without a window, against the reference; each block
+    reads only the keys it can see."""
     from nanohybrid import attention as module
 
     monkeypatch.setattr(module, "QUERY_BLOCK", 8)
     torch.manual_seed(0)
-    b, h, h_kv, s, hd, n_meta, max_distance = 2, 4, 2, 45, 8, 3, 5
-    index = torch.arange(s).expand(b, s)
-    document = (index >= 30).long()
-    q, k, v = torch.randn(b, h, s, hd), torch.randn(b, h_kv, s, hd), torch.randn(b, h_kv, s, hd)
-    arguments = (index, index, document, document, max_distance, n_meta, hd**-0.5)
+    b, h, h_kv, s, hd, n_meta = 2, 4, 2, 45, 8, 3
+    key_index = torch.arange(s).expand(b, s)
+    query_index = key_index[:, n_meta:] if cached_meta else key_index
+    key_document = (key_index >= 30).long()
+    query_document = key_document[:, s - query_index.shape[1] :]
+    q, k, v = torch.randn(b, h, query_index.shape[1], hd), torch.randn(b, h_kv, s, hd), torch.randn(b, h_kv, s, hd)
+    arguments = (query_index, key_index, query_document, key_document, max_distance, n_meta, hd**-0.5)
     assert_close(module.attention_sdpa(q, k, v, *arguments), module.attention(q, k, v, *arguments), SAME_MATH, "blocked")
-    blocks = module.window_blocks(index, index, max_distance, n_meta, 8)
-    assert len(blocks) == 6 and all(len(columns) <= n_meta + max_distance + 8 for _, columns in blocks)
-    assert module.window_blocks(index, index, None, n_meta, 8) is None  # global attention: one call
-    assert module.window_blocks(index[:, -1:], index, max_distance, n_meta, 8) is None  # decoding
-    assert module.window_blocks(index.flip(1), index.flip(1), max_distance, n_meta, 8) is None  # a ring buffer
+    blocks = module.query_blocks(query_index, key_index, max_distance, n_meta, 8)
+    assert len(blocks) == -(-query_index.shape[1] // 8)
+    if max_distance is not None:
+        assert all(len(columns) <= n_meta + max_distance + 8 for _, columns in blocks)
+    assert module.query_blocks(key_index[:, 1:], key_index[:, :-1], max_distance, n_meta, 8) is None  # not the last keys
+    assert module.query_blocks(key_index.flip(1), key_index.flip(1), max_distance, n_meta, 8) is None  # a ring buffer
