@@ -1,4 +1,5 @@
-"""Triton kernels for the ops of nanohybrid/ops.py, each with a forward and a backward pass.
+"""Triton kernels for the ops of nanohybrid/ops.py, each with a forward and a backward pass, and the
+adapters for the field's production kernels (upstream.py: mamba_ssm, flash-attn; on a CUDA GPU only).
 
 Importing this package registers every kernel module in it with the registry (ops.load_backends()
 does so when a kernel is first asked for; nothing imports it eagerly). Without a GPU the kernels

@@ -13,7 +13,10 @@ A value is an implementation name, "auto" (the default rule), or a student's fun
 "path/to/file.py:function", checked against the reference's signature when it is loaded. Naming an
 implementation that cannot run on the input's device or dtype is an error, never a silent fallback.
 
-Each implementation declares the devices and dtypes it supports and whether it has a backward pass.
+Each implementation declares the devices and dtypes it supports, whether it has a backward pass, and
+which calls it refuses (`refuses(*arguments)` gives the reason, or None): the upstream kernels cannot
+express everything the reference can (flash-attn has no always-visible prefix inside a window). Auto
+then takes the next implementation; an explicit selection raises the reason.
 """
 
 import contextlib
@@ -41,9 +44,15 @@ class Implementation:
     devices: tuple[str, ...]
     dtypes: tuple[torch.dtype, ...] = FLOATS
     backward: bool = True
+    refuses: Callable[..., str | None] | None = None  # (the op's arguments) -> why it cannot take them, or None
+    state_gradient: bool = True  # whether gradients flow back from the final state (scans)
 
     def supports(self, device: str, dtype: torch.dtype) -> bool:
         return device in self.devices and dtype in self.dtypes
+
+    def refusal(self, arguments: tuple) -> str | None:
+        """Why this implementation cannot take a call with these arguments; None if it can (or none are given)."""
+        return None if self.refuses is None or not arguments else self.refuses(*arguments)
 
 
 REGISTRY: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
@@ -51,13 +60,15 @@ _selection_stack: list[dict[str, str]] = []
 _backends_loaded = False
 
 
-def register(op: str, name: str, devices=("cpu", "cuda"), dtypes=FLOATS, backward: bool = True):
+def register(op: str, name: str, devices=("cpu", "cuda"), dtypes=FLOATS, backward: bool = True, refuses=None,
+             state_gradient: bool = True):
     """Decorator: register `function` as implementation `name` of `op`."""
     if op not in REGISTRY:
         raise ValueError(f"unknown op {op!r}; ops are {', '.join(OPS)}")
 
     def decorate(function):
-        REGISTRY[op][name] = Implementation(op, name, function, tuple(devices), tuple(dtypes), backward)
+        REGISTRY[op][name] = Implementation(op, name, function, tuple(devices), tuple(dtypes), backward, refuses,
+                                            state_gradient)
         return function
     return decorate
 
@@ -167,8 +178,9 @@ def resolve(op: str, name: str) -> Implementation | None:
     return REGISTRY[op][name]
 
 
-def default(op: str, device: str, dtype: torch.dtype) -> Implementation:
-    """The "auto" rule: upstream CUDA kernels, else ours, on CUDA; the reference (SDPA for attention) on CPU."""
+def default(op: str, device: str, dtype: torch.dtype, arguments: tuple = ()) -> Implementation:
+    """The "auto" rule: upstream CUDA kernels, else ours, on CUDA; the reference (SDPA for attention) on CPU;
+    the first of these that runs on the device and dtype and does not refuse the call's `arguments`."""
     if device == "cuda":
         load_backends()
         preference = ("upstream", "triton", "reference")
@@ -176,26 +188,31 @@ def default(op: str, device: str, dtype: torch.dtype) -> Implementation:
         preference = ("sdpa", "reference") if op == "attention" else ("reference",)
     for name in preference:
         implementation = implementations(op).get(name)
-        if implementation is not None and implementation.supports(device, dtype):
+        if implementation is not None and implementation.supports(device, dtype) and not implementation.refusal(arguments):
             return implementation
     raise ValueError(f"no implementation of {op} runs on {device} in {dtype}; registered: {', '.join(REGISTRY[op])}")
 
 
-def select(op: str, device: str, dtype: torch.dtype) -> Implementation:
+def select(op: str, device: str, dtype: torch.dtype, arguments: tuple = ()) -> Implementation:
+    """The implementation selected for `op` (the call's `arguments`, when given, checked against its refusals)."""
     name = "auto"
     for selection in [_environment_selection(), *_selection_stack]:
         name = selection.get(op, name)
     implementation = resolve(op, name)
     if implementation is None:
-        return default(op, device, dtype)
+        return default(op, device, dtype, arguments)
     if not implementation.supports(device, dtype):
         raise ValueError(f"{op}={implementation.name} does not run on {device} in {dtype} "
                          f"(it supports {', '.join(implementation.devices)}); choose another or auto")
+    reason = implementation.refusal(arguments)
+    if reason:
+        raise ValueError(f"{op}={implementation.name} cannot take this call: {reason}; choose another or auto")
     return implementation
 
 
-def _run(op: str, first: torch.Tensor, *args, **kwargs):
-    return select(op, first.device.type, first.dtype).function(first, *args, **kwargs)
+def _run(op: str, *arguments):
+    first = arguments[0]
+    return select(op, first.device.type, first.dtype, arguments).function(*arguments)
 
 
 # The ops, with the reference's signatures (see each reference function for shapes).

@@ -17,6 +17,7 @@ tests/test_kernels.py runs it over the whole registry; lessons/assignments/grade
 """
 
 import contextlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -120,7 +121,7 @@ def _ring_decode(b, l, s):
 def _documents(b, l, s):
     """Three packed documents; attention must stop at their boundaries."""
     query_index, key_index, _, _ = _stream(b, l, s)
-    document = torch.bucketize(key_index, torch.tensor([s // 3, 2 * s // 3]), right=True)
+    document = torch.bucketize(key_index, torch.tensor([s // 4, 2 * s // 3]), right=True)  # uneven lengths
     return query_index, key_index, document[:, s - l :], document
 
 
@@ -147,6 +148,8 @@ CASES = {
         "decoding from a ring buffer with holes": dict(shape=(2, 2, 2, 3, 19, 16, 16), layout=_ring_decode,
                                                        max_distance=12, n_meta=4),
         "three packed documents": dict(shape=(1, 2, 1, 30, 30, 8, 8), layout=_documents),
+        "sliding window 6, the last 9 of 30 keys queried": dict(shape=(2, 2, 1, 9, 30, 8, 8), layout=_stream,
+                                                               max_distance=6),
     },
     "moe_experts": {
         "top-2 of 4, odd token count": dict(shape=(37, 16, 24, 4, 2)),
@@ -189,11 +192,22 @@ def _prepare(inputs: dict, device: str, dtype: torch.dtype) -> dict:
     return prepared
 
 
-def _run(op, function, inputs, upstream, device, dtype, poison=False):
+def _arguments(op: str, inputs: dict) -> tuple:
+    """The keyword inputs of a case as the op's positional arguments, defaults filled in."""
+    signature = inspect.signature(ops.implementations(op)["reference"].function)
+    bound = signature.bind(**inputs)
+    bound.apply_defaults()
+    return bound.args
+
+
+def _run(op, function, inputs, upstream, device, dtype, poison=False, gradients=True):
     """Outputs of one implementation and the gradients of its float inputs under the upstream gradient."""
     inputs = _prepare(inputs, device, dtype)
     differentiable = [name for name, value in inputs.items() if isinstance(value, torch.Tensor) and value.requires_grad]
     with poisoned_allocations() if poison else contextlib.nullcontext():
+        if not gradients:
+            with torch.no_grad():
+                return {name: value.detach().cpu() for name, value in _outputs(op, function(**inputs)).items()}
         outputs = _outputs(op, function(**inputs))
         loss = sum((outputs[name].double() * upstream[name].to(device)).sum() for name in outputs)
         gradients = torch.autograd.grad(loss, [inputs[name] for name in differentiable], allow_unused=True)
@@ -201,10 +215,23 @@ def _run(op, function, inputs, upstream, device, dtype, poison=False):
     return {name: None if value is None else value.detach().cpu() for name, value in results.items()}
 
 
+def _refusal(op: str, refuses, inputs: dict, device, dtype, gradients: bool) -> str | None:
+    """Why an implementation refuses a case's inputs (as the model would pass them), or None."""
+    if refuses is None:
+        return None
+    with contextlib.nullcontext() if gradients else torch.no_grad():
+        return refuses(*_arguments(op, _prepare(inputs, device, dtype)))
+
+
 def check_implementation(op: str, function: Callable, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                         cases: list[str] | None = None, poison: bool = True) -> list[Check]:
+                         cases: list[str] | None = None, poison: bool = True, refuses=None,
+                         state_gradient: bool = True) -> list[Check]:
     """Run `function` on every case of `op` (or the named ones) and compare it with the reference run in
-    float64; one Check per compared quantity: output, final state, and d<input> for each float input."""
+    float64; one Check per compared quantity: output, final state, and d<input> for each float input.
+
+    An upstream kernel's declared limits (ops.Implementation): a case it `refuses` with gradients is
+    compared forward only, if it takes it without; `state_gradient=False` (mamba_ssm's selective_scan_fn
+    drops the final state's gradient) compares gradients with no upstream gradient on the final state."""
     reference = ops.implementations(op)["reference"].function
     checks = []
     for case_name, case in CASES[op].items():
@@ -215,14 +242,24 @@ def check_implementation(op: str, function: Callable, device: str = "cpu", dtype
             shapes = _outputs(op, reference(**_prepare(inputs, "cpu", torch.float64)))
         generator = torch.Generator().manual_seed(1)
         upstream = {name: torch.randn(t.shape, generator=generator, dtype=torch.float64) for name, t in shapes.items()}
-        expected = _run(op, reference, inputs, upstream, "cpu", torch.float64)
+        if not state_gradient and "final state" in upstream:
+            upstream["final state"].zero_()
+            checks.append(Check(case_name, "final state gradient: not propagated (declared)", 0.0, 0.0))
+        reason = _refusal(op, refuses, inputs, device, dtype, gradients=True)
+        gradients = not reason
+        if reason:
+            if _refusal(op, refuses, inputs, device, dtype, gradients=False):
+                checks.append(Check(case_name, f"refused: {reason}", 0.0, 0.0))
+                continue
+            checks.append(Check(case_name, f"gradients not compared: {reason}", 0.0, 0.0))
+        expected = _run(op, reference, inputs, upstream, "cpu", torch.float64, gradients=gradients)
         if dtype == torch.float32:
             bounds = dict.fromkeys(expected, KERNEL_FP32)
         else:  # PyTorch's own error at this precision: the reference run in `dtype`, against float64
-            pytorch = _run(op, reference, inputs, upstream, device, dtype)
+            pytorch = _run(op, reference, inputs, upstream, device, dtype, gradients=gradients)
             bounds = {name: BF16_FACTOR * max(relative_error(pytorch[name], value), 1e-3) for name, value in expected.items()}
         try:
-            actual = _run(op, function, inputs, upstream, device, dtype, poison)
+            actual = _run(op, function, inputs, upstream, device, dtype, poison, gradients)
         except Exception as error:  # a kernel that crashes fails the case, readably
             checks.append(Check(case_name, "runs", float("inf"), 0.0, f"raised {type(error).__name__}: {error}"))
             continue

@@ -23,7 +23,9 @@ IMPLEMENTATIONS = [
 
 @pytest.mark.parametrize("op, name, dtype", IMPLEMENTATIONS, ids=[f"{o}-{n}-{str(d)[6:]}" for o, n, d in IMPLEMENTATIONS])
 def test_implementation_matches_the_reference(op, name, dtype):
-    checks = check_implementation(op, ops.implementations(op)[name].function, DEVICE, dtype)
+    implementation = ops.implementations(op)[name]
+    checks = check_implementation(op, implementation.function, DEVICE, dtype, refuses=implementation.refuses,
+                                  state_gradient=implementation.state_gradient)
     failures = [str(check) for check in checks if not check.passed]
     assert checks and not failures, "\n" + "\n".join(failures)
 

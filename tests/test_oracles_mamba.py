@@ -187,12 +187,12 @@ def shared_by_consecutive_heads(BC, heads):
 
 
 def reference_ssd(ssd_minimal_discrete, x, dt, A, B, C, initial, pad_to=None,
-                  groups_to_heads=shared_by_consecutive_heads):
+                  groups_to_heads=shared_by_consecutive_heads, chunk_size=8):
     """ssd_minimal_discrete on our inputs: discretised, B and C per head, padded with Δ = 0 to `pad_to` tokens."""
     length, heads = x.shape[1], x.shape[2]
     pad = (pad_to or length) - length
     x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
-    y, final = ssd_minimal_discrete(x * dt[..., None], A * dt, groups_to_heads(B, heads), groups_to_heads(C, heads), 8,
+    y, final = ssd_minimal_discrete(x * dt[..., None], A * dt, groups_to_heads(B, heads), groups_to_heads(C, heads), chunk_size,
                                     initial_states=None if initial is None else initial[:, None])
     return y[:, :length], final
 

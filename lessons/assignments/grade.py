@@ -69,10 +69,14 @@ CASE_HINTS = {
     "attention": {
         "every case": "look at the core: scores = q · kᵀ · scale (the given scale), causal by stream index "
                       "(key_index <= query_index), -inf where hidden, softmax over keys, then · v: (b, h, l, hd_v).",
-        ("sliding window 8, 4 meta tokens, MQA, wide values", "decoding from a ring buffer with holes"):
+        ("sliding window 8, 4 meta tokens, MQA, wide values", "decoding from a ring buffer with holes",
+         "sliding window 6, the last 9 of 30 keys queried"):
             "the cases with a sliding window fail: look at the window and the meta tokens: a key is visible when "
             "query_index - key_index <= max_distance (itself included), or when it is a meta token "
             "(key_index < n_meta): meta keys are always visible, however far back.",
+        ("sliding window 8, 4 meta tokens, MQA, wide values", "decoding from a ring buffer with holes"):
+            "the windows with meta tokens fail and the one without passes: meta keys (key_index < n_meta) are "
+            "always visible, however far back, whatever the window.",
         ("decoding from a ring buffer with holes",):
             "only decoding from the ring buffer fails: its keys are cache slots out of order, so compare "
             "query_index with key_index (never positions 0..s-1); a slot never written holds EMPTY (int64 max), "

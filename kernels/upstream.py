@@ -1,0 +1,132 @@
+"""The field's production kernels behind the same ops, registered as "upstream" where they can run: on a
+CUDA GPU, with the optional GPU packages installed (requirements-gpu.txt). The auto rule prefers them there.
+
+    selective_scan   mamba_ssm's selective_scan_fn (CUDA); a decode step from a state: selective_state_update
+    ssd              mamba_ssm's mamba_chunk_scan_combined (Triton)
+    attention        flash-attn's flash_attn_func, and flash_attn_varlen_func for packed documents
+
+Each adapter only moves axes and renames arguments. What an upstream kernel cannot express, its `refuses`
+names, and the auto rule then takes our Triton kernel for that call:
+  - selective_scan_fn starts from a zero state (a state is taken only by a single decode step), and
+    drops the final state's gradient (declared: state_gradient=False; training never uses it);
+  - flash-attn keeps no always-visible prefix inside a window (Hymba's meta tokens in its SWA layers),
+    cannot read a ring-buffer cache (keys out of stream order), and runs in fp16/bf16 only.
+
+The adapters are made from the upstream functions they are given, so tests/test_upstream.py runs them
+through the parity suite on a CPU with upstream's pure-PyTorch references standing in for the kernels.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from nanohybrid import ops
+
+
+def _needs_gradients(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def selective_scan_adapter(selective_scan_fn, selective_state_update):
+    """ops.selective_scan from mamba_ssm's selective_scan_fn (channels first: (b, d, l)) and, for a decode
+    step from a state, selective_state_update (which updates the state in place)."""
+    def selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None):
+        D, dt_bias = (None if t is None else t.float() for t in (D, dt_bias))  # mamba_ssm keeps both in fp32
+        if initial_state is not None:  # one token (selective_scan_refusal)
+            state = initial_state.float().clone()
+            y = selective_state_update(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D,
+                                       None if z is None else z[:, 0], dt_bias, dt_softplus)
+            return y[:, None], state
+        x, dt, B, C, z = (None if t is None else t.transpose(1, 2) for t in (x, dt, B, C, z))  # (b, ·, l)
+        y, state = selective_scan_fn(x, dt, A, B, C, D, z, dt_bias, dt_softplus, return_last_state=True)
+        return y.transpose(1, 2), state.float()
+    return selective_scan
+
+
+def selective_scan_refusal(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state):
+    if initial_state is not None and (x.shape[1] > 1 or _needs_gradients(x, dt, A, B, C, D, z, dt_bias, initial_state)):
+        return "mamba_ssm's selective_scan_fn starts from a zero state (a state is taken by one decode step without gradients)"
+    return None
+
+
+def ssd_adapter(mamba_chunk_scan_combined):
+    """ops.ssd from mamba_ssm's mamba_chunk_scan_combined: the same layout, (b, l, h, p) and (b, l, g, n)."""
+    def ssd(x, dt, A, B, C, chunk_size, initial_state=None):
+        y, state = mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, initial_states=initial_state,
+                                             return_final_states=True)
+        return y, state.float()
+    return ssd
+
+
+def attention_adapter(flash_attn_func, flash_attn_varlen_func):
+    """ops.attention from flash-attn, whose tensors are (b, l, h, hd) and whose mask is causal, aligned to the
+    last key, with an optional window (i - left <= j <= i): one stream of keys, the queries its last l."""
+    def attention(q, k, v, query_index, key_index, query_document, key_document, max_distance, n_meta, scale):
+        batch, heads, length, _ = q.shape
+        head_dim_v = v.shape[-1]
+        q, k, v = _one_head_dim(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        window = (-1, 0) if max_distance is None else (max_distance, 0)
+        if _one_document(query_document, key_document, key_index, n_meta):
+            out = flash_attn_func(q, k, v, softmax_scale=scale, causal=True, window_size=window)
+        else:  # packed documents in a self-attention call: each document is a sequence of its own
+            lengths = torch.cat([_run_lengths(row) for row in key_document])
+            starts = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+            longest = int(lengths.max())
+            out = flash_attn_varlen_func(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), starts, starts, longest,
+                                         longest, softmax_scale=scale, causal=True, window_size=window)
+            out = out.unflatten(0, (batch, length))
+        return out[..., :head_dim_v].transpose(1, 2)  # (b, h, l, hd_v)
+    return attention
+
+
+def _one_head_dim(q, k, v):
+    """flash-attn takes one head dim for q, k and v: zero-pad the narrower (Hymba's values are 2x wider);
+    zeros add nothing to the scores, and the output's padding is cut off."""
+    width = max(q.shape[-1], v.shape[-1])
+    return (F.pad(t, (0, width - t.shape[-1])) for t in (q, k, v))
+
+
+def _run_lengths(row: torch.Tensor) -> torch.Tensor:
+    """(l,) document ids -> the length of each run of equal ids."""
+    return torch.unique_consecutive(row, return_counts=True)[1]
+
+
+def _one_document(query_document, key_document, key_index, n_meta) -> bool:
+    """Every query and every non-meta key of a row in one document (meta tokens are visible anyway)."""
+    tokens = key_document[:, int((key_index[0] < n_meta).sum()):]
+    return bool((tokens == query_document[:, :1]).all()) and bool((query_document == query_document[:, :1]).all())
+
+
+def attention_refusal(q, k, v, query_index, key_index, query_document, key_document, max_distance, n_meta, scale):
+    length, keys = query_index.shape[1], key_index.shape[1]
+    if not (bool((key_index.diff(dim=1) == 1).all()) and torch.equal(query_index, key_index[:, keys - length :])):
+        return "flash-attn reads keys in stream order, the queries their last ones (not a ring-buffer cache)"
+    if n_meta > 0 and max_distance is not None and bool((key_index[:, -1] > max_distance).any()):  # 0: first meta token
+        return "flash-attn keeps no always-visible meta tokens inside a sliding window"
+    if not _one_document(query_document, key_document, key_index, n_meta) and (length != keys or n_meta > 0):
+        return "flash-attn separates packed documents only in a self-attention call without meta tokens"
+    return None
+
+
+def register_installed() -> None:
+    """Register each upstream kernel whose package imports, when there is a GPU to run it."""
+    if not torch.cuda.is_available():
+        return
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except ImportError:
+        pass
+    else:
+        ops.register("selective_scan", "upstream", devices=("cuda",), refuses=selective_scan_refusal,
+                     state_gradient=False)(selective_scan_adapter(selective_scan_fn, selective_state_update))
+        ops.register("ssd", "upstream", devices=("cuda",))(ssd_adapter(mamba_chunk_scan_combined))
+    try:
+        from flash_attn import flash_attn_func, flash_attn_varlen_func
+    except ImportError:
+        return
+    ops.register("attention", "upstream", devices=("cuda",), dtypes=(torch.bfloat16, torch.float16),
+                 refuses=attention_refusal)(attention_adapter(flash_attn_func, flash_attn_varlen_func))
+
+
+register_installed()
