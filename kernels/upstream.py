@@ -4,13 +4,15 @@ CUDA GPU, with the optional GPU packages installed (requirements-gpu.txt). The a
     selective_scan   mamba_ssm's selective_scan_fn (CUDA); a decode step from a state: selective_state_update
     ssd              mamba_ssm's mamba_chunk_scan_combined (Triton)
     attention        flash-attn's flash_attn_func, and flash_attn_varlen_func for packed documents
+    causal_conv1d    causal-conv1d's causal_conv1d_fn (CUDA)
 
 Each adapter only moves axes and renames arguments. What an upstream kernel cannot express, its `refuses`
 names, and the auto rule then takes our Triton kernel for that call:
   - selective_scan_fn starts from a zero state (a state is taken only by a single decode step), and
     drops the final state's gradient (declared: state_gradient=False; training never uses it);
   - flash-attn keeps no always-visible prefix inside a window (Hymba's meta tokens in its SWA layers),
-    cannot read a ring-buffer cache (keys out of stream order), and runs in fp16/bf16 only.
+    cannot read a ring-buffer cache (keys out of stream order), and runs in fp16/bf16 only;
+  - causal_conv1d_fn cuts the taps at documents (seq_idx) only without an initial state.
 
 The adapters are made from the upstream functions they are given, so tests/test_upstream.py runs them
 through the parity suite on a CPU with upstream's pure-PyTorch references standing in for the kernels.
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from nanohybrid import ops
+from nanohybrid.layers import last_document_inputs
 
 
 def _needs_gradients(*tensors) -> bool:
@@ -107,6 +110,29 @@ def attention_refusal(q, k, v, query_index, key_index, query_document, key_docum
     return None
 
 
+def causal_conv1d_adapter(causal_conv1d_fn):
+    """ops.causal_conv1d from causal-conv1d's causal_conv1d_fn, which takes x as (b, c, l): our (b, l, c)
+    seen channels-last, the layout in which it returns the final state. With document starts it returns
+    none, and the final state (the last inputs of the last document) is read off as the reference does."""
+    def causal_conv1d(x, weight, bias=None, initial_state=None, starts=None):
+        if starts is not None and bool(starts.any()):  # then without an initial state (causal_conv1d_refusal)
+            document = starts.to(torch.int32).cumsum(dim=1, dtype=torch.int32)  # (b, l)
+            y = causal_conv1d_fn(x.transpose(1, 2), weight, bias, seq_idx=document)
+            last = weight.shape[1] - 1
+            padded = F.pad(x.transpose(1, 2), (last, 0))  # (b, c, K-1+l)
+            return y.transpose(1, 2), last_document_inputs(padded, F.pad(document, (last, 0)), last)
+        y, state = causal_conv1d_fn(x.transpose(1, 2), weight, bias, initial_states=initial_state,
+                                    return_final_states=True)
+        return y.transpose(1, 2), state
+    return causal_conv1d
+
+
+def causal_conv1d_refusal(x, weight, bias, initial_state, starts):
+    if initial_state is not None and starts is not None and bool(starts.any()):
+        return "causal-conv1d's causal_conv1d_fn cuts at documents (seq_idx) only without an initial state"
+    return None
+
+
 def register_installed() -> None:
     """Register each upstream kernel whose package imports, when there is a GPU to run it."""
     if not torch.cuda.is_available():
@@ -121,6 +147,13 @@ def register_installed() -> None:
         ops.register("selective_scan", "upstream", devices=("cuda",), refuses=selective_scan_refusal,
                      state_gradient=False)(selective_scan_adapter(selective_scan_fn, selective_state_update))
         ops.register("ssd", "upstream", devices=("cuda",))(ssd_adapter(mamba_chunk_scan_combined))
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except ImportError:
+        pass
+    else:
+        ops.register("causal_conv1d", "upstream", devices=("cuda",),
+                     refuses=causal_conv1d_refusal)(causal_conv1d_adapter(causal_conv1d_fn))
     try:
         from flash_attn import flash_attn_func, flash_attn_varlen_func
     except ImportError:

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import ops
+
 
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * w, computed in fp32 and cast back.
@@ -80,11 +82,45 @@ class GatedMLP(nn.Module):
         return self.down_proj(gate * self.up_proj(x))
 
 
-class CausalConv1d(nn.Module):
+@ops.register("causal_conv1d", "reference")
+def causal_conv1d(x, weight, bias=None, initial_state=None, starts=None):
     """Depthwise causal convolution over time: y_t = bias + sum_k w[k] * x_{t-K+1+k}.
 
+    x (b, l, c); weight (c, K), the last tap multiplying the current token; bias (c,) or None;
+    initial_state (b, c, K-1), the K-1 inputs before x (None: zeros, the same as left zero padding);
+    starts (b, l) bool or None, True at a document's first token, cuts the taps at document boundaries
+    (DeepMind's RecurrentGemma; transformers does not): y_t only reads inputs of its own document.
+    Returns y (b, l, c) and the final state (b, c, K-1): the last K-1 inputs, those of the last document.
+    """
+    x, last = x.transpose(1, 2), weight.shape[1] - 1  # (b, c, l); K-1
+    if initial_state is None:
+        initial_state = x.new_zeros(x.shape[0], x.shape[1], last)
+    padded = torch.cat([initial_state.to(x.dtype), x], dim=-1)  # (b, c, K-1+l)
+    if starts is None:
+        y = F.conv1d(padded, weight[:, None], bias, groups=x.shape[1])  # (b, c, l)
+        return y.transpose(1, 2), padded[:, :, padded.shape[-1] - last :]
+    length = x.shape[-1]
+    # document of every padded input, counted from this call's start; the state's inputs are document 0
+    document = F.pad(starts.long().cumsum(dim=1), (last, 0))  # (b, K-1+l)
+    y = sum(weight[:, k, None] * padded[:, :, k : k + length]  # tap k reads x_{t-K+1+k}
+            * (document[:, None, k : k + length] == document[:, None, last:])  # ... from t's own document
+            for k in range(last + 1))
+    if bias is not None:
+        y = y + bias[:, None]
+    return y.transpose(1, 2), last_document_inputs(padded, document, last)
+
+
+def last_document_inputs(padded, document, last: int) -> torch.Tensor:
+    """The conv's next state: the last K-1 of the padded inputs (b, c, K-1+l), zeroed where their document
+    (b, K-1+l) is not the last token's, so that a later call continues exactly as one long call would."""
+    return padded[:, :, padded.shape[-1] - last :] * (document[:, None, -last:] == document[:, None, -1:])
+
+
+class CausalConv1d(nn.Module):
+    """The causal conv1d op (ops.causal_conv1d; the reference is causal_conv1d above) with its weights.
+
     The state is the last K-1 inputs, so a sequence can be continued (chunked prefill) or decoded one
-    token at a time from where it stopped. A zero state is the same as left zero padding.
+    token at a time from where it stopped.
     """
 
     def __init__(self, channels: int, kernel_size: int, bias: bool = True):
@@ -97,34 +133,5 @@ class CausalConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None,
                 starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (b, l, c), state: (b, c, K-1) or None -> y: (b, l, c), new state: (b, c, K-1).
-
-        starts (b, l), True at a document's first token, cuts the taps at document boundaries (DeepMind's
-        RecurrentGemma; transformers does not): y_t only reads inputs of its own document. The state keeps
-        only the last document's inputs, so a later call continues exactly as one long call would.
-        """
-        x = x.transpose(1, 2)  # (b, c, l)
-        if state is None:
-            state = x.new_zeros(x.shape[0], x.shape[1], self.kernel_size - 1)
-        padded = torch.cat([state.to(x.dtype), x], dim=-1)  # (b, c, K-1+l)
-        if starts is None:
-            y = F.conv1d(padded, self.weight, self.bias, groups=x.shape[1])  # (b, c, l)
-            return y.transpose(1, 2), padded[:, :, padded.shape[-1] - (self.kernel_size - 1) :]
-        length, last = x.shape[-1], self.kernel_size - 1
-        # document of every padded input, counted from this call's start; the state's inputs are document 0
-        document = F.pad(starts.long().cumsum(dim=1), (last, 0))  # (b, K-1+l)
-        y = sum(self.weight[:, 0, k, None] * padded[:, :, k : k + length]  # tap k reads x_{t-K+1+k}
-                * (document[:, None, k : k + length] == document[:, None, last:])  # ... from t's own document
-                for k in range(self.kernel_size))
-        if self.bias is not None:
-            y = y + self.bias[:, None]
-        new_state = padded[:, :, padded.shape[-1] - last :] * (document[:, None, -last:] == document[:, None, -1:])
-        return y.transpose(1, 2), new_state
-
-    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decode step. x: (b, c), state: (b, c, K-1) -> y: (b, c), new state."""
-        window = torch.cat([state.to(x.dtype), x[:, :, None]], dim=-1)  # (b, c, K)
-        y = (window * self.weight[:, 0]).sum(-1)
-        if self.bias is not None:
-            y = y + self.bias
-        return y, window[:, :, 1:]
+        """x: (b, l, c), state: (b, c, K-1) or None, starts (b, l) or None -> y: (b, l, c), new state: (b, c, K-1)."""
+        return ops.causal_conv1d(x, self.weight[:, 0], self.bias, state, starts)

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-OPS = ("selective_scan", "ssd", "rglru_scan", "attention", "moe_experts")
+OPS = ("selective_scan", "ssd", "rglru_scan", "attention", "moe_experts", "causal_conv1d")
 REFERENCE_MODULES = {"selective_scan": "scan", "ssd": "ssd", "rglru_scan": "rglru", "attention": "attention",
-                     "moe_experts": "moe"}  # where each op's readable reference lives (it registers on import)
+                     "moe_experts": "moe", "causal_conv1d": "layers"}  # where each op's readable reference lives
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -234,3 +234,7 @@ def attention(q, k, v, query_index, key_index, query_document, key_document, max
 
 def moe_experts(x, expert_weights, experts, gate_proj, up_proj, down_proj):
     return _run("moe_experts", x, expert_weights, experts, gate_proj, up_proj, down_proj)
+
+
+def causal_conv1d(x, weight, bias=None, initial_state=None, starts=None):
+    return _run("causal_conv1d", x, weight, bias, initial_state, starts)

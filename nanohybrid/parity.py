@@ -94,6 +94,19 @@ def case_inputs(op: str, case: dict, generator: torch.Generator) -> dict:
         weights, experts = torch.topk(logits.softmax(-1), k, dim=-1)
         return dict(x=randn(t, d), expert_weights=weights, experts=experts, gate_proj=randn(n, hidden, d) * d**-0.5,
                     up_proj=randn(n, hidden, d) * d**-0.5, down_proj=randn(n, d, hidden) * hidden**-0.5)
+    if op == "causal_conv1d":
+        b, l, c, K = case["shape"]
+        starts = None
+        if "starts" in case:
+            starts = torch.zeros(b, l, dtype=torch.bool)
+            for row, position in case["starts"]:
+                starts[row, position] = True
+        inputs = dict(x=randn(b, l, c), weight=randn(c, K) * K**-0.5, starts=starts)
+        if case.get("bias", True):
+            inputs["bias"] = randn(c)
+        if case.get("initial", True):
+            inputs["initial_state"] = randn(b, c, K - 1)
+        return inputs
     raise ValueError(f"unknown op {op!r}; ops are {', '.join(ops.OPS)}")
 
 
@@ -155,6 +168,13 @@ CASES = {
         "top-2 of 4, odd token count": dict(shape=(37, 16, 24, 4, 2)),
         "top-1 of 8, an expert without tokens": dict(shape=(20, 8, 16, 8, 1), unused_expert=3),
     },
+    "causal_conv1d": {
+        "odd length, bias, initial state": dict(shape=(2, 37, 12, 4)),
+        "documents, no bias, no initial state": dict(shape=(2, 29, 8, 4), starts=[(0, 0), (0, 9), (1, 20), (1, 27)],
+                                                     bias=False, initial=False),
+        "documents after an initial state": dict(shape=(2, 13, 8, 4), starts=[(0, 2), (1, 11)]),
+        "one token, initial state": dict(shape=(3, 1, 8, 4)),
+    },
 }
 
 
@@ -175,7 +195,7 @@ def poisoned_allocations():
 
 
 def _outputs(op: str, result) -> dict[str, torch.Tensor]:
-    if op in ("selective_scan", "ssd", "rglru_scan"):
+    if op in ("selective_scan", "ssd", "rglru_scan", "causal_conv1d"):
         return {"output": result[0], "final state": result[1]}
     return {"output": result}
 

@@ -24,7 +24,7 @@ def selected(op, device="cpu", dtype=torch.float32):
 
 
 def test_cpu_defaults_are_the_reference_and_sdpa_for_attention():
-    assert [selected(op) for op in ops.OPS] == ["reference", "reference", "reference", "sdpa", "reference"]
+    assert [selected(op) for op in ops.OPS] == ["reference", "reference", "reference", "sdpa", "reference", "reference"]
 
 
 def test_context_manager_selects_and_restores():

@@ -1,8 +1,8 @@
 """The upstream adapters (kernels/upstream.py) through the parity suite on a CPU: mamba_ssm's own
-pure-PyTorch references stand in for its kernels, and a transcription of flash-attn's documented mask
-for flash-attn (which has no CPU build). This checks what the adapters do (axes, argument names, the
-calls they refuse); the kernels themselves are checked by tests/test_kernels.py on a GPU, where they
-register."""
+pure-PyTorch references stand in for its kernels, and transcriptions of flash-attn's and causal-conv1d's
+documented semantics for theirs (neither has a CPU build). This checks what the adapters do (axes,
+argument names, the calls they refuse); the kernels themselves are checked by tests/test_kernels.py on
+a GPU, where they register."""
 
 import pytest
 import torch
@@ -48,6 +48,23 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, initial_states=None, r
     return (y, final) if return_final_states else y
 
 
+def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False):
+    """causal-conv1d's documented semantics and limits: x (b, c, l), weight (c, K); seq_idx (b, l) keeps every
+    tap inside its own sequence, and then comes without initial states and returns no final states; final
+    states come only from a channels-last x (x.stride(1) == 1)."""
+    assert seq_idx is None or (initial_states is None and not return_final_states), "seq_idx: no states"
+    assert not return_final_states or x.stride(1) == 1, "final states need a channels-last x"
+    length, last = x.shape[-1], weight.shape[1] - 1
+    before = x.new_zeros(*x.shape[:2], last) if initial_states is None else initial_states
+    padded = torch.cat([before, x], dim=-1)
+    taps = [weight[:, k, None] * padded[:, :, k : k + length] for k in range(last + 1)]
+    if seq_idx is not None:
+        sequence = torch.nn.functional.pad(seq_idx, (last, 0), value=-1)  # the zero padding is in no sequence
+        taps = [tap * (sequence[:, None, k : k + length] == seq_idx[:, None]) for k, tap in enumerate(taps)]
+    out = sum(taps) + (0 if bias is None else bias[:, None])
+    return (out, padded[:, :, -last:]) if return_final_states else out
+
+
 def adapters():
     """(op, function, refuses, state_gradient) for each upstream adapter, made from the stand-ins."""
     selective_scan_ref, _ = import_mamba_ssm_references()
@@ -57,6 +74,7 @@ def adapters():
                            upstream.selective_scan_refusal, False),
         "ssd": (upstream.ssd_adapter(mamba_chunk_scan_combined), None, True),
         "attention": (upstream.attention_adapter(flash_attn_func, flash_attn_varlen_func), upstream.attention_refusal, True),
+        "causal_conv1d": (upstream.causal_conv1d_adapter(causal_conv1d_fn), upstream.causal_conv1d_refusal, True),
     }
 
 
@@ -66,6 +84,7 @@ EXPECTED = {
     "ssd": {"refused": set(), "forward only": set()},
     "attention": {"refused": {"sliding window 8, 4 meta tokens, MQA, wide values", "decoding from a ring buffer with holes"},
                   "forward only": set()},
+    "causal_conv1d": {"refused": {"documents after an initial state"}, "forward only": set()},
 }
 
 
@@ -111,7 +130,8 @@ def test_auto_takes_upstream_where_it_can_and_the_next_kernel_where_it_refuses(r
         ops.attention(*refused)
 
 
-@pytest.mark.parametrize("arch, selected", [("llama3", "attention"), ("mamba", "selective_scan"), ("mamba2", "ssd")])
+@pytest.mark.parametrize("arch, selected", [("llama3", ["attention"]), ("mamba", ["selective_scan", "causal_conv1d"]),
+                                            ("mamba2", ["ssd", "causal_conv1d"]), ("griffin", ["causal_conv1d"])])
 def test_tiny_model_on_the_upstream_adapters_matches_the_reference_and_decodes_alike(registered, arch, selected):
     """Training (logits, every gradient) and cached greedy decoding with the adapter selected."""
     from nanohybrid.config import get_config
@@ -124,7 +144,7 @@ def test_tiny_model_on_the_upstream_adapters_matches_the_reference_and_decodes_a
     model = LanguageModel(get_config(f"{arch}-tiny"))
     tokens = torch.randint(0, 320, (2, 13))
     runs = []
-    for selection in ({}, {selected: "upstream"}):
+    for selection in ({}, dict.fromkeys(selected, "upstream")):
         model.zero_grad()
         with ops.use(**selection):
             output = model(tokens, targets=tokens)
