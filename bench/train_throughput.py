@@ -3,6 +3,7 @@
     python -m bench.train_throughput --quick        about a minute: batch 2 × 128, 3 timed steps
     python -m bench.train_throughput                the measurement: batch 8 × 256 (train_small.py's), 10 steps
     python -m bench.train_throughput --device cuda  the GPU section: 100m presets, reference vs Triton vs upstream
+    python -m bench.train_throughput --dtype bf16   both sides' steps under bf16 autocast (the gate stays fp32)
 
 One training step = forward, cross-entropy loss (plus Jamba's router loss), backward, AdamW step. Each
 architecture's `small` preset is timed; where transformers has the same model (llama3, mamba, mamba2,
@@ -12,7 +13,7 @@ gradient before either is timed. The two sides' steps are interleaved (ours, the
 both see the same background load, and each reports the median of its repeats.
 
 MFU (model FLOPs utilisation) = tokens/s × FLOPs per token (nanohybrid.analysis.training_flops_per_token)
-÷ the fp32 matmul peak measured in the same run (the median of large torch.matmul calls).
+÷ the matmul peak measured in the same run and dtype (the median of large torch.matmul calls).
 """
 
 from collections.abc import Callable
@@ -104,9 +105,12 @@ UPSTREAM = {
 }
 
 
-def training_step(model, optimizer, loss_of):
+def training_step(model, optimizer, loss_of, device, bf16: bool):
+    """Forward (under bf16 autocast if `bf16`, as train_small.py --dtype bf16 runs it), backward, AdamW."""
     def step():
-        loss_of(model).backward()
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            loss = loss_of(model)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
@@ -135,9 +139,9 @@ def gate(ours, hf, our_loss_of, their_loss_of, read) -> bool:
     return ok
 
 
-def matmul_peak(n: int, device, repeats: int) -> float:
-    """FLOP/s of an (n × n) @ (n × n) fp32 matmul: the machine's practical limit at this thread count."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak(n: int, device, repeats: int, dtype: torch.dtype) -> float:
+    """FLOP/s of an (n × n) @ (n × n) matmul in `dtype`: the machine's practical limit at this thread count."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     timing = measure({"matmul": lambda: torch.matmul(a, b)}, device, warmup=2, repeats=max(repeats, 10))["matmul"]
     return 2 * n**3 / timing.median
 
@@ -169,12 +173,13 @@ def run(arch: str, size: str, args, device, peak: float, kernels: dict[str, str]
         for label, selection in kernels.items():
             print(f"{arch}: {label} against transformers' {type(hf).__name__}")
             passed[label] = with_kernels(selection, lambda: gate(ours, hf, our_loss, their_loss, upstream.read))()
-        steps["transformers"] = training_step(hf, torch.optim.AdamW(hf.parameters(), lr=1e-4), their_loss)
+        steps["transformers"] = training_step(hf, torch.optim.AdamW(hf.parameters(), lr=1e-4), their_loss, device,
+                                              args.bf16)
     else:
         print(f"{arch}: no transformers counterpart")
     optimizer = torch.optim.AdamW(ours.parameters(), lr=1e-4)
     for label, selection in kernels.items():
-        steps[label] = with_kernels(selection, training_step(ours, optimizer, our_loss))
+        steps[label] = with_kernels(selection, training_step(ours, optimizer, our_loss, device, args.bf16))
     timings = measure(steps, device, args.warmup, args.repeats)
     tokens_per_step = args.batch * args.seq_len
     flops = training_flops_per_token(config, args.seq_len)
@@ -209,7 +214,10 @@ def plot(rows: list[list], name: str) -> None:
 def main() -> None:
     parser = arguments(__doc__, "small batch, few repeats")
     parser.add_argument("--arch", nargs="*", default=list(ARCHITECTURES))
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16: both sides' timed steps under torch.autocast; the correctness gate stays fp32")
     args = parser.parse_args()
+    args.bf16 = args.dtype == "bf16"
     device = setup(args.threads, args.device)
     gpu = device.type == "cuda"
     args.batch, args.seq_len = (2, 128) if args.quick else (8, 1024) if gpu else (8, 256)
@@ -217,18 +225,19 @@ def main() -> None:
     size = "100m" if gpu else "small"
     kernels = {"ours (reference)": "reference", "ours (triton)": "triton"} if gpu else {"ours": "auto"}
     n = 1024 if args.quick else 4096 if gpu else 2048
-    peak = matmul_peak(n, device, args.repeats)
-    print(f"fp32 matmul peak ({n}×{n}): {peak / 1e9:.1f} GFLOP/s")
+    peak = matmul_peak(n, device, args.repeats, torch.bfloat16 if args.bf16 else torch.float32)
+    print(f"{args.dtype} matmul peak ({n}×{n}): {peak / 1e9:.1f} GFLOP/s")
     rows = [row for arch in args.arch for row in run(arch, size, args, device, peak, kernels)]
     headers = ["preset", "implementation", "step: median [IQR]", "tokens/s", "speedup vs transformers", "MFLOPs/token",
                "MFU"]
     llama = [row for row in rows if row[0] == f"`llama3-{size}`" and row[1].startswith("ours")]
     verdict = f"llama3-{size} MFU {llama[0][6]} (target ≥{TARGET_MFU:.0%})" if llama else ""
-    settings = (f"Batch {args.batch} × {args.seq_len} tokens, fp32, {args.warmup} warm-up and {args.repeats} timed "
-                f"steps each (interleaved between the implementations of one preset), AdamW. fp32 matmul peak "
+    precision = "bf16 autocast on both sides" if args.bf16 else "fp32"
+    settings = (f"Batch {args.batch} × {args.seq_len} tokens, {precision}, {args.warmup} warm-up and {args.repeats} timed "
+                f"steps each (interleaved between the implementations of one preset), AdamW. {args.dtype} matmul peak "
                 f"({n}×{n}, same threads): {peak / 1e9:.1f} GFLOP/s. Correctness gate: loss and all gradients within "
-                f"relative error {GATE:.0e} of transformers' after a weight copy. {verdict}")
-    name = "train_throughput" + ("_gpu" if gpu else "") + ("_quick" if args.quick else "")
+                f"relative error {GATE:.0e} of transformers' after a weight copy, in fp32. {verdict}")
+    name = "train_throughput" + ("_gpu" if gpu else "") + ("_bf16" if args.bf16 else "") + ("_quick" if args.quick else "")
     write_report(name, "Training throughput", settings, [table(headers, rows)])
     plot(rows, name)
 

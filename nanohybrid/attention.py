@@ -120,16 +120,16 @@ class AttentionCore(nn.Module):
         self.max_distance = None if window is None else window - 1 if config.window_convention == "keys" else window
         self.scale = head_dim**-0.5
 
-    def _rotate(self, x, positions):
-        return x if self.rope is None else self.rope(x, positions)
+    def _rotate(self, x, ctx: ForwardContext):
+        return x if self.rope is None else self.rope(x, ctx.positions, ctx.rotary_angles(self.rope))
 
     def forward(self, q, k, v, ctx: ForwardContext) -> torch.Tensor:
         """q (b, l, h, hd); k (b, l, h_kv, hd), v (b, l, h_kv, hd_v), both None for a consumer -> (b, l, h·hd_v)."""
-        q = self._rotate(q.transpose(1, 2), ctx.positions)
+        q = self._rotate(q.transpose(1, 2), ctx)
         if self.kv_producer is not None:
             k, v, key_index, key_document = ctx.shared_kv[self.kv_producer]
         else:
-            k, v = self._rotate(k.transpose(1, 2), ctx.positions), v.transpose(1, 2)
+            k, v = self._rotate(k.transpose(1, 2), ctx), v.transpose(1, 2)
             key_index, key_document = ctx.index, ctx.document
             if ctx.cache is not None:
                 cache = ctx.state((self.layer_idx, "kv"))

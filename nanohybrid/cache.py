@@ -158,6 +158,7 @@ class ForwardContext:
         attention never crosses a document boundary, as in transformers and DeepMind's RecurrentGemma.
     shared_kv: keys and values each attention producer exposes to its KV-sharing consumers in this call.
     router_logits: what each mixture-of-experts layer's router said in this call, for the aux loss.
+    rotary: RoPE's cos and sin at this call's positions, per (rotary_dim, theta) (see rotary_angles).
     """
 
     positions: torch.Tensor
@@ -167,6 +168,15 @@ class ForwardContext:
     cache: InferenceCache | None = None
     shared_kv: dict = field(default_factory=dict)
     router_logits: list = field(default_factory=list)
+    rotary: dict = field(default_factory=dict)
+
+    def rotary_angles(self, rope) -> tuple[torch.Tensor, torch.Tensor]:
+        """rope.angles(positions), computed by the first layer that asks and shared by every later one with
+        the same frequencies (transformers too computes them once per forward pass)."""
+        key = (rope.rotary_dim, rope.theta)
+        if key not in self.rotary:
+            self.rotary[key] = rope.angles(self.positions)
+        return self.rotary[key]
 
     def state(self, key: tuple[int, str]):
         return None if self.cache is None else self.cache.states.get(key)

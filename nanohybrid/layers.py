@@ -52,18 +52,23 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if rotary_dim % 2:
             raise ValueError(f"RoPE needs an even rotary_dim, got {rotary_dim}")
-        self.rotary_dim = rotary_dim
+        self.rotary_dim, self.theta = rotary_dim, theta
         inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: (b, h, l, hd), positions: (b, l) -> same shape as x."""
-        angles = positions[:, None, :, None].float() * self.inv_freq  # (b, 1, l, rotary_dim/2)
-        cos, sin = angles.cos(), angles.sin()
+    def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (b, l) -> cos and sin of every angle, each (b, 1, l, rotary_dim/2)."""
+        angles = positions[:, None, :, None].float() * self.inv_freq
+        return angles.cos(), angles.sin()
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, angles=None) -> torch.Tensor:
+        """x: (b, h, l, hd), positions: (b, l) -> same shape as x. `angles`: self.angles(positions), when
+        already computed (ForwardContext.rotary_angles shares them between the layers of one call)."""
+        cos, sin = self.angles(positions) if angles is None else angles
         rotated, passed = x[..., : self.rotary_dim].float(), x[..., self.rotary_dim :]
         x1, x2 = rotated.chunk(2, dim=-1)
-        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-        return torch.cat([rotated.to(x.dtype), passed], dim=-1)
+        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+        return torch.cat([rotated, passed], dim=-1) if passed.shape[-1] else rotated
 
 
 class GatedMLP(nn.Module):

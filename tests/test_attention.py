@@ -140,3 +140,15 @@ def test_long_prefill_runs_block_by_block_and_matches_the_reference(monkeypatch,
         assert all(len(columns) <= n_meta + max_distance + 8 for _, columns in blocks)
     assert module.query_blocks(key_index[:, 1:], key_index[:, :-1], max_distance, n_meta, 8) is None  # not the last keys
     assert module.query_blocks(key_index.flip(1), key_index.flip(1), max_distance, n_meta, 8) is None  # a ring buffer
+
+
+def test_rope_angles_are_computed_once_per_call_and_shared_by_every_layer(monkeypatch):
+    from nanohybrid.layers import RotaryEmbedding
+
+    calls = []
+    angles = RotaryEmbedding.angles
+    monkeypatch.setattr(RotaryEmbedding, "angles", lambda self, positions: calls.append(1) or angles(self, positions))
+    model = LanguageModel(get_config("llama3-tiny"))
+    assert model.config.n_layers > 1
+    model(torch.randint(0, 320, (2, 9)))
+    assert len(calls) == 1
