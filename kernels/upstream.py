@@ -64,7 +64,7 @@ def attention_adapter(flash_attn_func, flash_attn_varlen_func):
     """ops.attention from flash-attn, whose tensors are (b, l, h, hd) and whose mask is causal, aligned to the
     last key, with an optional window (i - left <= j <= i): one stream of keys, the queries its last l."""
     def attention(q, k, v, query_index, key_index, query_document, key_document, max_distance, n_meta, scale):
-        batch, heads, length, _ = q.shape
+        batch, _, length, _ = q.shape
         head_dim_v = v.shape[-1]
         q, k, v = _one_head_dim(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         window = (-1, 0) if max_distance is None else (max_distance, 0)

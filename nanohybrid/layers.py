@@ -57,8 +57,10 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (b, l) -> cos and sin of every angle, each (b, 1, l, rotary_dim/2)."""
-        angles = positions[:, None, :, None].float() * self.inv_freq
+        """positions (b, l) -> cos and sin of every channel's angle, each (b, 1, l, rotary_dim): channels i and
+        i + rotary_dim/2 form a pair and turn by the same angle."""
+        angles = positions[:, None, :, None].float() * self.inv_freq  # (b, 1, l, rotary_dim/2)
+        angles = torch.cat([angles, angles], dim=-1)
         return angles.cos(), angles.sin()
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, angles=None) -> torch.Tensor:
@@ -67,7 +69,8 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self.angles(positions) if angles is None else angles
         rotated, passed = x[..., : self.rotary_dim].float(), x[..., self.rotary_dim :]
         x1, x2 = rotated.chunk(2, dim=-1)
-        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+        half_turned = torch.cat([-x2, x1], dim=-1)  # each pair (x1, x2) turned by 90°: (-x2, x1)
+        rotated = (rotated * cos + half_turned * sin).to(x.dtype)  # (x1 cos - x2 sin, x2 cos + x1 sin)
         return torch.cat([rotated, passed], dim=-1) if passed.shape[-1] else rotated
 
 
