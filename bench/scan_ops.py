@@ -2,8 +2,8 @@
 
     python -m bench.scan_ops --quick          about a minute: T in {128, 256}, 2 timed calls
     python -m bench.scan_ops                  the measurement: T in {256, 1024, 4096}, 5 timed calls
-    python -m bench.scan_ops --device cuda    adds our Triton kernels (on a GPU transformers' functions
-                                              call mamba_ssm's kernels when it is installed)
+    python -m bench.scan_ops --device cuda    adds our Triton kernels and the upstream ones (mamba_ssm's,
+                                              through the registry, when installed)
 
 Widths (paper-like, CPU-feasible; batch 2, fp32):
   S6      d_inner 512, d_state 16 (Mamba-130M: 1536, 16). Ours: nanohybrid/scan.py through the registry;
@@ -74,6 +74,7 @@ def registry(op, implementation, **fixed):
     def run(**inputs):
         with ops.use(**{op: implementation}):
             return getattr(ops, op)(**inputs, **fixed)
+    run.state_gradient = ops.implementations(op)[implementation].state_gradient
     return run
 
 
@@ -116,9 +117,13 @@ def implementations(device) -> dict:
     rglru = {"ours (registry: reference)": registry("rglru_scan", "reference"),
              "transformers _rnn_scan": transformers_rglru}
     if device.type == "cuda":
-        s6["ours (registry: triton)"] = registry("selective_scan", "triton", dt_softplus=True)
-        ssd["ours chunked (registry: triton)"] = registry("ssd", "triton", chunk_size=SSD_CHUNK)
-        rglru["ours (registry: triton)"] = registry("rglru_scan", "triton")
+        ops.load_backends()
+        for op, functions, fixed in (("selective_scan", s6, dict(dt_softplus=True)),
+                                     ("ssd", ssd, dict(chunk_size=SSD_CHUNK)), ("rglru_scan", rglru, {})):
+            for name in ("triton", "upstream"):
+                if name in ops.implementations(op):
+                    label = "ours (registry: triton)" if name == "triton" else "upstream kernel (registry: upstream)"
+                    functions[label] = registry(op, name, **fixed)
     return {"S6 selective scan": (s6_inputs, s6), "SSD (Mamba-2)": (ssd_inputs, ssd), "RG-LRU": (rglru_inputs, rglru)}
 
 
@@ -139,6 +144,9 @@ def run_length(op, make_inputs, functions, length, args, device, previous: dict)
     with torch.no_grad():
         shapes = [t.shape for t in functions[names[0]](**inputs)]
     upstream = [torch.randn(shape, generator=generator).to(device) for shape in shapes]
+    if not all(getattr(function, "state_gradient", True) for function in functions.values()):
+        print(f"{op}: no gradient on the final state, which an implementation here drops (declared)")
+        upstream[1] = torch.zeros_like(upstream[1])
     rows, runnable, expected = [], {}, None
     for name in names:
         estimate = previous.get(name, 0) * length / previous.get("length", length)
