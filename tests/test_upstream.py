@@ -66,7 +66,7 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
 
 
 def adapters():
-    """(op, function, refuses, state_gradient) for each upstream adapter, made from the stand-ins."""
+    """op -> (adapter function, its refusals, whether its final state carries a gradient), made from the stand-ins."""
     selective_scan_ref, _ = import_mamba_ssm_references()
     from mamba_ssm.ops.triton.selective_state_update import selective_state_update_ref
     return {
