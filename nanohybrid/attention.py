@@ -83,8 +83,8 @@ def query_blocks(query_index, key_index, max_distance, n_meta, block: int):
     for start in range(0, length, block):
         end = min(start + block, length)
         window_start = 0 if max_distance is None else int(torch.searchsorted(index, index[offset + start] - max_distance))
-        meta = torch.arange(min(n_meta_columns, window_start))  # the meta tokens the window has left behind
-        blocks.append((slice(start, end), torch.cat([meta, torch.arange(window_start, offset + end)])))
+        meta = torch.arange(min(n_meta_columns, window_start), device=index.device)  # those the window left behind
+        blocks.append((slice(start, end), torch.cat([meta, torch.arange(window_start, offset + end, device=index.device)])))
     return blocks
 
 
