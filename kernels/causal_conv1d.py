@@ -27,13 +27,12 @@ Shape glossary
 """
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from kernels import DEVICES, DTYPES
 from nanohybrid import ops
-from nanohybrid.layers import last_document_inputs
+from nanohybrid.layers import input_documents, last_document_inputs
 
 BLOCK_L, BLOCK_C = 16, 32
 
@@ -150,6 +149,6 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, starts=None):
         initial_state = x.new_zeros(batch, channels, last)
     padded = torch.cat([initial_state.to(x.dtype).transpose(1, 2), x], dim=1).contiguous()  # (b, K-1+l, c)
     starts = torch.zeros(batch, length, dtype=torch.bool, device=x.device) if starts is None else starts
-    document = F.pad(starts.to(torch.int32).cumsum(dim=1, dtype=torch.int32), (last, 0)).contiguous()  # (b, K-1+l)
+    document = input_documents(starts, last).to(torch.int32).contiguous()  # (b, K-1+l)
     y = _CausalConv1d.apply(padded, document, weight.contiguous(), None if bias is None else bias.contiguous())
     return y, last_document_inputs(padded.transpose(1, 2), document, last)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from nanohybrid import ops
-from nanohybrid.layers import last_document_inputs
+from nanohybrid.layers import input_documents, last_document_inputs
 
 
 def _needs_gradients(*tensors) -> bool:
@@ -116,11 +116,11 @@ def causal_conv1d_adapter(causal_conv1d_fn):
     none, and the final state (the last inputs of the last document) is read off as the reference does."""
     def causal_conv1d(x, weight, bias=None, initial_state=None, starts=None):
         if starts is not None and bool(starts.any()):  # then without an initial state (causal_conv1d_refusal)
-            document = starts.to(torch.int32).cumsum(dim=1, dtype=torch.int32)  # (b, l)
-            y = causal_conv1d_fn(x.transpose(1, 2), weight, bias, seq_idx=document)
             last = weight.shape[1] - 1
+            document = input_documents(starts, last)  # (b, K-1+l); the zero state's inputs are document 0
+            y = causal_conv1d_fn(x.transpose(1, 2), weight, bias, seq_idx=document[:, last:].to(torch.int32))
             padded = F.pad(x.transpose(1, 2), (last, 0))  # (b, c, K-1+l)
-            return y.transpose(1, 2), last_document_inputs(padded, F.pad(document, (last, 0)), last)
+            return y.transpose(1, 2), last_document_inputs(padded, document, last)
         y, state = causal_conv1d_fn(x.transpose(1, 2), weight, bias, initial_states=initial_state,
                                     return_final_states=True)
         return y.transpose(1, 2), state

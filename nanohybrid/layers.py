@@ -107,15 +107,19 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, starts=None):
     if starts is None:
         y = F.conv1d(padded, weight[:, None], bias, groups=x.shape[1])  # (b, c, l)
         return y.transpose(1, 2), padded[:, :, padded.shape[-1] - last :]
-    length = x.shape[-1]
-    # document of every padded input, counted from this call's start; the state's inputs are document 0
-    document = F.pad(starts.long().cumsum(dim=1), (last, 0))  # (b, K-1+l)
+    length, document = x.shape[-1], input_documents(starts, last)  # (b, K-1+l)
     y = sum(weight[:, k, None] * padded[:, :, k : k + length]  # tap k reads x_{t-K+1+k}
             * (document[:, None, k : k + length] == document[:, None, last:])  # ... from t's own document
             for k in range(last + 1))
     if bias is not None:
         y = y + bias[:, None]
     return y.transpose(1, 2), last_document_inputs(padded, document, last)
+
+
+def input_documents(starts, last: int) -> torch.Tensor:
+    """starts (b, l) -> the document of every padded input (b, K-1+l), counted from this call's start:
+    the K-1 inputs of the state before it are document 0."""
+    return F.pad(starts.long().cumsum(dim=1), (last, 0))
 
 
 def last_document_inputs(padded, document, last: int) -> torch.Tensor:
@@ -133,7 +137,6 @@ class CausalConv1d(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int, bias: bool = True):
         super().__init__()
-        self.kernel_size = kernel_size
         # (c, 1, K): PyTorch cross-correlation order, the last tap multiplies the current token.
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .testing import relative_error
+from .testing import assert_close, relative_error
 
 KERNEL_FP32 = 1e-4
 BF16_FACTOR = 2.0
@@ -295,3 +295,22 @@ def _compare(case: str, name: str, actual, expected, bound: float) -> Check:
     if not torch.isfinite(actual).all():
         return Check(case, name, float("inf"), bound, "NaN or inf (memory left unwritten?)")
     return Check(case, name, relative_error(actual, expected), bound)
+
+
+def model_step(model, tokens, selection: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and every parameter's gradient of one training step of `model` with the ops in `selection`."""
+    model.zero_grad()
+    with ops.use(**selection):
+        output = model(tokens, targets=tokens)
+        output.loss.backward()
+    return output.logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def assert_model_matches_reference(model, tokens, selection: dict) -> None:
+    """A training step with the ops in `selection` against the same step on the default ops: the logits
+    and every parameter's gradient within KERNEL_FP32 (as each kernel's own parity)."""
+    reference_logits, reference_grads = model_step(model, tokens, {})
+    logits, grads = model_step(model, tokens, selection)
+    assert_close(logits, reference_logits, KERNEL_FP32, "logits")
+    for name, gradient in grads.items():
+        assert_close(gradient, reference_grads[name], KERNEL_FP32, f"d{name}")

@@ -39,20 +39,9 @@ def test_every_tiny_preset_runs_forward_and_backward_on_the_kernels(arch):
     reference path (fp32; bound KERNEL_FP32, as each kernel's own parity)."""
     from nanohybrid.config import get_config
     from nanohybrid.model import LanguageModel
-    from nanohybrid.parity import KERNEL_FP32
-    from nanohybrid.testing import assert_close
+    from nanohybrid.parity import assert_model_matches_reference
 
     torch.manual_seed(0)
     model = LanguageModel(get_config(f"{arch}-tiny")).to(DEVICE)
     tokens = torch.randint(0, 320, (1, 11), device=DEVICE)  # the interpreter runs each program in Python: keep it short
-    runs = []
-    for selection in ({}, dict.fromkeys(TRITON_OPS, "triton")):
-        model.zero_grad()
-        with ops.use(**selection):
-            output = model(tokens, targets=tokens)
-            output.loss.backward()
-        runs.append((output.logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}))
-    (reference_logits, reference_grads), (logits, grads) = runs
-    assert_close(logits, reference_logits, KERNEL_FP32, "logits")
-    for name, gradient in grads.items():
-        assert_close(gradient, reference_grads[name], KERNEL_FP32, f"d{name}")
+    assert_model_matches_reference(model, tokens, dict.fromkeys(TRITON_OPS, "triton"))

@@ -137,24 +137,16 @@ def test_tiny_model_on_the_upstream_adapters_matches_the_reference_and_decodes_a
     from nanohybrid.config import get_config
     from nanohybrid.generate import decode, prefill
     from nanohybrid.model import LanguageModel
-    from nanohybrid.parity import KERNEL_FP32
-    from nanohybrid.testing import assert_close
+    from nanohybrid.parity import assert_model_matches_reference
 
     torch.manual_seed(0)
     model = LanguageModel(get_config(f"{arch}-tiny"))
     tokens = torch.randint(0, 320, (2, 13))
-    runs = []
-    for selection in ({}, dict.fromkeys(selected, "upstream")):
-        model.zero_grad()
-        with ops.use(**selection):
-            output = model(tokens, targets=tokens)
-            output.loss.backward()
-            with torch.no_grad():
-                logits, cache = prefill(model, tokens[:, :5])
-                continuation = torch.stack(list(decode(model, logits, cache, 6, temperature=0)), dim=1)
-        runs.append((output.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, continuation))
-    (reference_logits, reference_grads, reference_continuation), (logits, grads, continuation) = runs
-    assert_close(logits, reference_logits, KERNEL_FP32, "logits")
-    for name, gradient in grads.items():
-        assert_close(gradient, reference_grads[name], KERNEL_FP32, f"d{name}")
-    assert torch.equal(continuation, reference_continuation)
+    selection = dict.fromkeys(selected, "upstream")
+    assert_model_matches_reference(model, tokens, selection)
+    continuations = []
+    for each in ({}, selection):
+        with ops.use(**each), torch.no_grad():
+            logits, cache = prefill(model, tokens[:, :5])
+            continuations.append(torch.stack(list(decode(model, logits, cache, 6, temperature=0)), dim=1))
+    assert torch.equal(*continuations)
