@@ -90,41 +90,53 @@ def ssd_quadratic(x, dt, A, B, C, initial_state=None):
 @ops.register("ssd", "reference")
 def ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=None):
     """The four-step chunked algorithm (SSD paper §6). Any length: the tail is padded with Δ = 0,
-    which leaves the state untouched (α = 1, no input)."""
+    which leaves the state untouched (α = 1, no input).
+
+    The k = h/g heads of a group share B and C, so C Bᵀ is formed once per group and the products with
+    B and C run over the group's heads side by side, never on copies of B and C repeated per head.
+    Inside a chunk the decay mask is L[t, s] = exp(cum_t - cum_s), with cum the cumulative log α
+    restarted at each chunk (as mamba_ssm's kernels compute it): exactly 1 on the diagonal, and the
+    sums stay as short as a chunk.
+    """
     batch, length, heads, head_dim = x.shape
+    groups = B.shape[2]
     chunk = min(chunk_size, length)
     pad = -length % chunk
-    B, C = _heads_from_groups(B, heads), _heads_from_groups(C, heads)
-    dt_x = x.float() * dt.float()[..., None]
-    log_decay = dt.float() * A.float()  # (b, l, h)
+    dt_x = x.float() * dt.float()[..., None]  # Δ ⊙ x, (b, l, h, p)
+    log_decay = dt.float() * A.float()  # log α, (b, l, h)
+    B, C = B.float(), C.float()
     if pad:
         dt_x, B, C = (torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad)) for t in (dt_x, B, C))
         log_decay = torch.nn.functional.pad(log_decay, (0, 0, 0, pad))
     n_chunks = (length + pad) // chunk
-    # (b, c, Q, h, ·): split the time axis into chunks.
-    dt_x, B, C = (t.unflatten(1, (n_chunks, chunk)) for t in (dt_x, B, C))
-    log_decay = log_decay.unflatten(1, (n_chunks, chunk)).permute(0, 3, 1, 2)  # (b, h, c, Q)
-    cumulative = torch.cumsum(log_decay, dim=-1)  # log(α_1 ⋯ α_t) within each chunk
+    # Split the time axis into chunks, and the heads into g groups of k.
+    dt_x = dt_x.unflatten(1, (n_chunks, chunk)).unflatten(3, (groups, heads // groups))  # (b, c, Q, g, k, p)
+    log_decay = log_decay.unflatten(1, (n_chunks, chunk)).unflatten(3, (groups, heads // groups))  # (b, c, Q, g, k)
+    B, C = (t.unflatten(1, (n_chunks, chunk)) for t in (B, C))  # (b, c, Q, g, n)
+    cumulative = torch.cumsum(log_decay, dim=2)  # cum_t = log(α_1 ⋯ α_t) within each chunk, (b, c, Q, g, k)
 
-    # 1. Inside each chunk: the quadratic form.
-    decay_matrix = torch.exp(segment_sum(log_decay))  # (b, h, c, Q, Q)
-    y_inside = torch.einsum("bcthn,bcshn,bhcts,bcshp->bcthp", C, B, decay_matrix, dt_x)
+    # 1. Inside each chunk: the quadratic form (L ∘ C Bᵀ)(Δ ⊙ x).
+    cum = cumulative.movedim(2, -1)  # (b, c, g, k, Q)
+    causal = torch.tril(torch.ones(chunk, chunk, dtype=torch.bool, device=x.device))
+    decay_matrix = torch.exp(torch.where(causal, cum[..., :, None] - cum[..., None, :], float("-inf")))  # L
+    scores = torch.einsum("bctgn,bcsgn->bcgts", C, B)  # C Bᵀ, once per group, (b, c, g, Q, Q)
+    y_inside = torch.einsum("bcgkts,bcsgkp->bctgkp", scores[:, :, :, None] * decay_matrix, dt_x)
 
     # 2. Each chunk's own contribution to the state at its end (starting from zero).
-    decay_to_chunk_end = torch.exp(cumulative[..., -1:] - cumulative)  # (b, h, c, Q)
-    chunk_states = torch.einsum("bcshn,bhcs,bcshp->bchpn", B, decay_to_chunk_end, dt_x)
+    decay_to_chunk_end = torch.exp(cumulative[:, :, -1:] - cumulative)  # (b, c, Q, g, k)
+    chunk_states = torch.einsum("bcsgn,bcsgkp->bcgkpn", B, decay_to_chunk_end[..., None] * dt_x)
 
     # 3. Across chunks: the recurrence S_start(c+1) = (decay over chunk c) · S_start(c) + chunk_states[c].
-    chunk_decay = torch.exp(cumulative[..., -1])  # (b, h, c)
-    state = _initial(x, B.shape[-1], initial_state)
+    chunk_decay = torch.exp(cumulative[:, :, -1])  # (b, c, g, k)
+    state = _initial(x, B.shape[-1], initial_state).unflatten(1, (groups, heads // groups))  # (b, g, k, p, n)
     start_states = []
     for c in range(n_chunks):
         start_states.append(state)
-        state = chunk_decay[:, :, c, None, None] * state + chunk_states[:, c]
-    start_states = torch.stack(start_states, dim=1)  # (b, c, h, p, n)
+        state = chunk_decay[:, c, :, :, None, None] * state + chunk_states[:, c]
+    start_states = torch.stack(start_states, dim=1)  # (b, c, g, k, p, n)
 
-    # 4. Each chunk's start state, decayed to every position inside the chunk, read out by C.
-    y_from_state = torch.einsum("bcthn,bchpn,bhct->bcthp", C, start_states, torch.exp(cumulative))
+    # 4. Each chunk's start state, read out by C and decayed to every position inside the chunk.
+    y_from_state = torch.einsum("bctgn,bcgkpn->bctgkp", C, start_states) * torch.exp(cumulative)[..., None]
 
-    y = (y_inside + y_from_state).flatten(1, 2)[:, :length]
-    return y.to(x.dtype), state
+    y = (y_inside + y_from_state).flatten(3, 4).flatten(1, 2)[:, :length]  # (b, l, h, p)
+    return y.to(x.dtype), state.flatten(1, 2)
