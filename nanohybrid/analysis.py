@@ -1,4 +1,6 @@
-"""Accounting for models that never need to be allocated: parameters, inference-cache bytes, tables.
+"""Accounting for models that never need to be allocated (parameters, inference-cache bytes, tables),
+and the analyses of where a layer's attention goes (Hymba's attention-map categories, the SSM's
+implicit attention).
 
 Models are built on PyTorch's meta device, which records shapes and allocates nothing, so even
 Jamba-v0.1's 52B parameters are counted in a second. Cache bytes come from a formula per layer kind
@@ -16,6 +18,9 @@ import torch
 
 from .config import ARCHITECTURES, PRESETS, ModelConfig, get_config
 from .model import LanguageModel
+from .ssd import segment_sum
+
+CATEGORIES = ("Meta", "BOS", "Self", "Cross")
 
 
 def count_parameters(name: str, **overrides) -> tuple[int, int]:
@@ -173,6 +178,45 @@ def training_flops_per_token(config: ModelConfig, seq_len: int) -> float:
 def projected_hours(preset: str, tokens: float, seq_len: int) -> float:
     """Projected wall time on one H100 from the FLOPs estimate (not a measurement)."""
     return training_flops_per_token(get_config(preset), seq_len) * tokens / (H100_BF16_DENSE * ASSUMED_MFU) / 3600
+
+
+def attention_categories(probabilities, query_index, key_index, n_meta: int) -> dict[str, float]:
+    """Hymba's attention-map categories (§2.4, Fig. 7; HYMBA.md §6): the shares of the real queries'
+    attention that land on the meta tokens (Meta), on the first real token (BOS), on the query itself
+    (Self) and on every other real token (Cross), averaged over real query rows, heads and batch.
+
+    probabilities (b, h, L, s), rows summing to 1; query_index (b, L) and key_index (b, s), stream
+    indices: the n_meta meta tokens are 0 … M-1 and the first real token is M. The meta tokens' own
+    rows are not scored, and BOS's own row counts as BOS. The four shares sum to 1.
+    """
+    query, key = query_index[:, None, :, None], key_index[:, None, None, :]  # (b, 1, L, 1), (b, 1, 1, s)
+    meta, bos = key < n_meta, key == n_meta
+    self_ = (key == query) & ~bos
+    masks = dict(zip(CATEGORIES, (meta, bos, self_, ~(meta | bos | self_))))
+    real_rows = query_index[0] >= n_meta
+    return {name: (probabilities * mask)[:, :, real_rows].sum(-1).mean().item() for name, mask in masks.items()}
+
+
+def implicit_attention(delta, A, B, C) -> torch.Tensor:
+    """The S6 scan of one sequence written as a matrix (Ali et al. 2024, "The Hidden Attention of Mamba
+    Models"; lesson 1): y_t[d] = Σ_s M[d, t, s] x_s[d] before the D skip and the gate, with
+
+        M[d, t, s] = Σ_n C_t[n] · exp(Σ_{s<k≤t} Δ_k[d] A[d, n]) · Δ_s[d] B_s[n]   (s ≤ t; 0 above the diagonal)
+
+    delta (l, d), after the bias and softplus; A (d, n), negative; B, C (l, n) -> M (d, l, l).
+    The decay is a (d, n, l, l) tensor: for analysis of short sequences, not for running the model.
+    """
+    log_decay = (delta[:, :, None] * A).permute(1, 2, 0)  # Δ_k[d] A[d, n], (d, n, l)
+    decay = torch.exp(segment_sum(log_decay))  # Π_{s<k≤t} Ā_k, (d, n, l, l)
+    return torch.einsum("nt,dnts,ns->dts", C.T, decay, B.T) * delta.T[:, None, :]
+
+
+def implicit_attention_map(delta, A, B, C) -> torch.Tensor:
+    """implicit_attention as an attention map: |M| with each row normalised to sum to 1, the form Hymba
+    scores SSM heads in (Fig. 7, after Ben-Kish et al. and Zimerman et al.; HYMBA.md §6). The notes do
+    not say how negative entries are treated: we take magnitudes. Returns (d, l, l), channels as heads."""
+    magnitude = implicit_attention(delta, A, B, C).abs()
+    return magnitude / magnitude.sum(-1, keepdim=True).clamp_min(torch.finfo(magnitude.dtype).tiny)
 
 
 def main() -> None:
