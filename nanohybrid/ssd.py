@@ -14,9 +14,10 @@ length Q and the recurrence between chunks, which costs O(l·Q) instead of O(l²
 The D skip connection and the output gate live in the mixer (mamba.py), not here.
 
 Shape glossary
-  b  batch    l  length    h  heads    p  head dim    g  groups of B/C    n  state size    Q  chunk length
+  b  batch    l  length    h  heads    p  head dim    g  groups of B/C    k  heads per group (h/g)
+  n  state size    Q  chunk length    c  chunks (l/Q)
   x (b, l, h, p)   dt (b, l, h), positive (after softplus)   A (h), negative   B, C (b, l, g, n)
-  state (b, h, p, n), fp32. Group k of B and C serves the consecutive heads k·h/g ... (k+1)·h/g - 1.
+  state (b, h, p, n), fp32. Group j of B and C serves the k consecutive heads j·k ... (j+1)·k - 1.
 """
 
 import torch
