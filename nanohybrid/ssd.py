@@ -101,6 +101,7 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=None):
     """
     batch, length, heads, head_dim = x.shape
     groups = B.shape[2]
+    per_group = heads // groups  # k
     chunk = min(chunk_size, length)
     pad = -length % chunk
     dt_x = x.float() * dt.float()[..., None]  # Δ ⊙ x, (b, l, h, p)
@@ -111,8 +112,8 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=None):
         log_decay = torch.nn.functional.pad(log_decay, (0, 0, 0, pad))
     n_chunks = (length + pad) // chunk
     # Split the time axis into chunks, and the heads into g groups of k.
-    dt_x = dt_x.unflatten(1, (n_chunks, chunk)).unflatten(3, (groups, heads // groups))  # (b, c, Q, g, k, p)
-    log_decay = log_decay.unflatten(1, (n_chunks, chunk)).unflatten(3, (groups, heads // groups))  # (b, c, Q, g, k)
+    dt_x = dt_x.unflatten(1, (n_chunks, chunk)).unflatten(3, (groups, per_group))  # (b, c, Q, g, k, p)
+    log_decay = log_decay.unflatten(1, (n_chunks, chunk)).unflatten(3, (groups, per_group))  # (b, c, Q, g, k)
     B, C = (t.unflatten(1, (n_chunks, chunk)) for t in (B, C))  # (b, c, Q, g, n)
     cumulative = torch.cumsum(log_decay, dim=2)  # cum_t = log(α_1 ⋯ α_t) within each chunk, (b, c, Q, g, k)
 
@@ -129,7 +130,7 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=None):
 
     # 3. Across chunks: the recurrence S_start(c+1) = (decay over chunk c) · S_start(c) + chunk_states[c].
     chunk_decay = torch.exp(cumulative[:, :, -1])  # (b, c, g, k)
-    state = _initial(x, B.shape[-1], initial_state).unflatten(1, (groups, heads // groups))  # (b, g, k, p, n)
+    state = _initial(x, B.shape[-1], initial_state).unflatten(1, (groups, per_group))  # (b, g, k, p, n)
     start_states = []
     for c in range(n_chunks):
         start_states.append(state)
