@@ -99,21 +99,26 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, starts=None):
     starts (b, l) bool or None, True at a document's first token, cuts the taps at document boundaries
     (DeepMind's RecurrentGemma; transformers does not): y_t only reads inputs of its own document.
     Returns y (b, l, c) and the final state (b, c, K-1): the last K-1 inputs, those of the last document.
+
+    The K taps are K shifted multiply-adds over (b, l, c), in x's own layout: with K = 4 that is faster
+    on a CPU than F.conv1d, whose (b, c, l) layout costs two transposes and leaves y non-contiguous.
     """
-    x, last = x.transpose(1, 2), weight.shape[1] - 1  # (b, c, l); K-1
+    length, last = x.shape[1], weight.shape[1] - 1  # l; K-1
     if initial_state is None:
-        initial_state = x.new_zeros(x.shape[0], x.shape[1], last)
-    padded = torch.cat([initial_state.to(x.dtype), x], dim=-1)  # (b, c, K-1+l)
-    if starts is None:
-        y = F.conv1d(padded, weight[:, None], bias, groups=x.shape[1])  # (b, c, l)
-        return y.transpose(1, 2), padded[:, :, padded.shape[-1] - last :]
-    length, document = x.shape[-1], input_documents(starts, last)  # (b, K-1+l)
-    y = sum(weight[:, k, None] * padded[:, :, k : k + length]  # tap k reads x_{t-K+1+k}
-            * (document[:, None, k : k + length] == document[:, None, last:])  # ... from t's own document
-            for k in range(last + 1))
+        initial_state = x.new_zeros(x.shape[0], x.shape[2], last)
+    padded = torch.cat([initial_state.transpose(1, 2).to(x.dtype), x], dim=1)  # (b, K-1+l, c)
+    document = None if starts is None else input_documents(starts, last)  # (b, K-1+l)
+    y = x * weight[:, last]  # tap K-1: the current token
+    for k in range(last):  # tap k reads x_{t-K+1+k} ...
+        tap = padded[:, k : k + length] * weight[:, k]
+        if document is not None:  # ... only from t's own document
+            tap = tap * (document[:, k : k + length] == document[:, last:])[..., None]
+        y = y + tap
     if bias is not None:
-        y = y + bias[:, None]
-    return y.transpose(1, 2), last_document_inputs(padded, document, last)
+        y = y + bias
+    if document is None:
+        return y, padded[:, length:].transpose(1, 2)
+    return y, last_document_inputs(padded.transpose(1, 2), document, last)
 
 
 def input_documents(starts, last: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from . import ops
 from .cache import ForwardContext, RecurrentState
 from .config import ModelConfig
 from .layers import CausalConv1d
+from .recurrence import linear_recurrence
 
 GATE_CONSTANT = 8.0  # c in log a_t = -c · r_t · softplus(p)
 MAX_SQRT_GRADIENT = 1000.0
@@ -53,11 +54,8 @@ def rglru_scan(x, log_a, reset, initial_state=None):
     normaliser = torch.where(reset, 1.0, SqrtBoundedGradient.apply(1.0 - torch.exp(2.0 * log_a)))  # sqrt(1 - a_t²)
     normalised_x = normaliser * x.float()
     state = x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32) if initial_state is None else initial_state.float()
-    outputs = []
-    for a_t, x_t in zip(a.unbind(1), normalised_x.unbind(1)):  # unbind: one split of the time axis
-        state = a_t * state + x_t  # h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t)
-        outputs.append(state)
-    return torch.stack(outputs, dim=1).to(x.dtype), state
+    h = linear_recurrence(a, normalised_x, state)  # h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t)
+    return h.to(x.dtype), h[:, -1]
 
 
 def rglru_step(state, x, log_a, reset):

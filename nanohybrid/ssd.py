@@ -132,9 +132,9 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=None):
     chunk_decay = torch.exp(cumulative[:, :, -1])  # (b, c, g, k)
     state = _initial(x, B.shape[-1], initial_state).unflatten(1, (groups, per_group))  # (b, g, k, p, n)
     start_states = []
-    for c in range(n_chunks):
-        start_states.append(state)
-        state = chunk_decay[:, c, :, :, None, None] * state + chunk_states[:, c]
+    for decay_c, states_c in zip(chunk_decay.unbind(1), chunk_states.unbind(1)):  # unbind: indexing [:, c] would
+        start_states.append(state)                                                # cost a full-size gradient per chunk
+        state = decay_c[..., None, None] * state + states_c
     start_states = torch.stack(start_states, dim=1)  # (b, c, g, k, p, n)
 
     # 4. Each chunk's start state, read out by C and decayed to every position inside the chunk.

@@ -18,9 +18,12 @@ Compared, each with relative error ‖ours − HF‖ / ‖HF‖ <= SAME_MATH = 1
     One recurrence-gate bias is pushed to -16 (r_t ≈ 1e-7), so that for that channel 1 - a_t² is
     below 2.5e-7 on most tokens and rounds to 0 on some: the clipped sqrt derivative of both sides
     (HF SqrtBoundDerivative, our SqrtBoundedGradient: at most 1000) is what keeps its gradient finite.
-    That channel's gradients are also compared on their own, with a bound of CANCELLING_SUM = 1e-4:
-    each is one scalar summed over 48 tokens whose terms cancel about 25-fold, so fp32 rounding alone
-    gives about 1.4e-5; a clip at 100 instead of 1000 gives 0.5 (in the whole bias tensor only 6e-6).
+    That channel's gradients are also compared on their own, with a bound of CANCELLING_SUM = 1e-3:
+    each is one scalar summed over 48 tokens whose terms cancel about 25-fold, and each term's 1 - a_t²
+    is a multiple of fp32's spacing below 1 (6e-8) against values near 2.5e-7, so it hangs on the last
+    bit of the gate's input. Summing the conv's four taps in another order (1 ulp on x) moves the scalar
+    by 4e-5 to 1.6e-4 (measured over four orders); a clip at 100 instead of 1000 moves it by 0.5 (the
+    whole bias tensor by only 6e-6).
 The mapping test checks that the copy reads every HF parameter and writes every one of ours. The
 mutant tests show the bound bites: each RecurrentGemma choice flipped (the "distance" window among
 them), or a sqrt derivative clipped elsewhere or not at all, misses HF by far more than the bounds.
@@ -42,7 +45,7 @@ from tests.oracles import assert_every_parameter_copied, modeling_recurrent_gemm
 
 D_MODEL, VOCAB, WINDOW, LENGTH, RESET_AT = 64, 128, 8, 24, 13
 MATERIAL = 1e-3  # 100x SAME_MATH: what a convention that differs from HF's must miss by
-CANCELLING_SUM = 1e-4  # the clipped channel's gradient elements (module docstring)
+CANCELLING_SUM = 1e-3  # the clipped channel's gradient elements: 6x the reordering spread (module docstring)
 HF_KWARGS = dict(
     num_hidden_layers=3, vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=2 * 192, num_attention_heads=4,
     num_key_value_heads=1, lru_width=D_MODEL, attention_window_size=WINDOW, conv1d_width=4, logits_soft_cap=30.0,
