@@ -7,19 +7,33 @@ zero-order hold for A and Euler for B, as in the official kernels (ARCHITECTURES
     h_t[d, n] = exp(Δ_t[d] · A[d, n]) · h_{t-1}[d, n] + Δ_t[d] · B_t[n] · x_t[d]
     y_t[d]    = Σ_n C_t[n] · h_t[d, n] + D[d] · x_t[d],       then y_t ⊙ SiLU(z_t) if a gate z is given
 
-Δ, B and C depend on the input ("selective"); A and D are parameters. The loop discretises inside
-each step (Ā_t = exp(Δ_t A) is formed one token at a time), so no (b, l, d, n) tensor of inputs is
-ever built; everything that does not depend on the state (softplus, D skip, gate) is done outside it.
+Δ, B and C depend on the input ("selective"); A and D are parameters.
+
+The loop runs over blocks of T = BLOCK time steps. What does not depend on the previous state is
+computed for a whole block at once: Ā_t = exp(Δ_t A) and B̄_t x_t = Δ_t x_t B_t as (T, b, d, n)
+tensors, and the readout y_t = C_t · h_t once the block's states are known. The loop over the block's
+steps then does only h_t = Ā_t h_{t-1} + B̄_t x_t, one fused multiply-add per step. No (b, l, d, n)
+tensor is ever built whole: inference holds one block at a time. Softplus, the D skip and the gate are
+done outside the scan.
+
+Training differentiates the loop with a backward written out (SelectiveScan below): left to autograd,
+every step's operations become graph nodes, replayed one at a time, which costs a CPU more than the
+arithmetic does.
 
 Shape glossary
   b  batch      l  sequence length      d  channels (d_inner)      n  state size (d_state)
+  T  steps in a block (BLOCK; the last block may be shorter)
   x, dt, z (b, l, d)    A (d, n)    B, C (b, l, n)    D, dt_bias (d)    state (b, d, n), fp32
+  inside a block, time comes first: (T, b, d, n), so that each step's slice is contiguous
 """
 
 import torch
 import torch.nn.functional as F
 
 from . import ops
+
+
+BLOCK = 16  # time steps per block: a block's (T, b, d, n) tensors are a few MB at the small presets' sizes
 
 
 @ops.register("selective_scan", "reference")
@@ -44,18 +58,91 @@ def selective_scan(
     if dt_softplus:
         dt = F.softplus(dt)
     state = x.new_zeros(batch, channels, A.shape[-1]) if initial_state is None else initial_state.float()
-    outputs = []
-    # unbind splits the time axis once (indexing [:, t] in the loop would cost a full-size gradient per step)
-    for dt_t, dt_x_t, B_t, C_t in zip(dt.unbind(1), (dt * x).unbind(1), B.unbind(1), C.unbind(1)):
-        decay = torch.exp(dt_t[:, :, None] * A)  # Ā_t = exp(Δ_t A), (b, d, n)
-        state = decay * state + dt_x_t[:, :, None] * B_t[:, None, :]  # h_t = Ā_t h_{t-1} + Δ_t B_t x_t
-        outputs.append(torch.einsum("bdn,bn->bd", state, C_t))  # C_t · h_t
-    y = torch.stack(outputs, dim=1)
+    inputs = (dt, dt * x, A, B, C, state)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        y, state = SelectiveScan.apply(*inputs)
+    else:
+        y, state, _ = scan_blocks(*inputs)
     if D is not None:
         y = y + D.float() * x
     if z is not None:
         y = y * F.silu(z.float())
     return y.to(out_dtype), state
+
+
+def time_blocks(length: int) -> list[slice]:
+    return [slice(start, min(start + BLOCK, length)) for start in range(0, length, BLOCK)]
+
+
+def time_first(steps: slice, *tensors):
+    """Each (b, l, ...) tensor's block of steps, time first: (T, b, ...)."""
+    return [t[:, steps].transpose(0, 1) for t in tensors]
+
+
+def scan_blocks(dt, dt_x, A, B, C, state, keep: bool = False):
+    """The recurrence, block by block. dt and dt_x = Δ ⊙ x (b, l, d); state h_0 (b, d, n).
+
+    Returns y = C · h (b, l, d), the final state h_l and, if `keep`, every block's (Ā, h), each (T, b, d, n).
+    """
+    outputs, kept = [], []
+    for steps in time_blocks(dt.shape[1]):
+        dt_block, dt_x_block, B_block, C_block = time_first(steps, dt, dt_x, B, C)
+        decays = torch.exp(dt_block[..., None] * A)  # Ā_t = exp(Δ_t A), (T, b, d, n)
+        inputs = dt_x_block[..., None] * B_block[:, :, None, :]  # B̄_t x_t = Δ_t x_t B_t, (T, b, d, n)
+        states = torch.empty_like(decays)
+        for i in range(len(states)):
+            state = torch.addcmul(inputs[i], decays[i], state, out=states[i])  # h_t = Ā_t h_{t-1} + B̄_t x_t
+        outputs.append(torch.matmul(states, C_block[..., None])[..., 0])  # y_t = C_t · h_t, (T, b, d)
+        if keep:
+            kept.append((decays, states))
+    return torch.cat(outputs).transpose(0, 1), state, kept
+
+
+class SelectiveScan(torch.autograd.Function):
+    """scan_blocks with its backward written out. The backward of the recurrence is the same recurrence,
+    run from the end: with g_t = ∂L/∂h_t in total (through y_t and through h_{t+1}),
+
+        g_t = C_t ⊗ ∂L/∂y_t + Ā_{t+1} ⊙ g_{t+1}        (after the last step, ∂L/∂h_l from the final state)
+
+    and every input's gradient is a product summed over the axis it does not have, a block at a time:
+        ∂L/∂C_t = Σ_d h_t ∂L/∂y_t        ∂L/∂B_t = Σ_d g_t Δ_t x_t        ∂L/∂(Δ_t x_t) = Σ_n g_t B_t
+        ∂L/∂(Δ_t A) = Ā_t ⊙ g_t ⊙ h_{t-1}, so ∂L/∂Δ_t = Σ_n (that) A and ∂L/∂A = Σ_{b, t} (that) Δ_t
+        ∂L/∂h_0 = Ā_1 ⊙ g_1
+    Like autograd's graph of a loop, it keeps every Ā_t and h_t for the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, dt, dt_x, A, B, C, initial):
+        y, final, ctx.blocks = scan_blocks(dt, dt_x, A, B, C, initial, keep=True)
+        ctx.save_for_backward(dt, dt_x, A, B, C, initial)
+        return y, final.clone()  # a copy: the kept blocks hold h_l, and ctx must not hold its own output
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_final):
+        dt, dt_x, A, B, C, initial = ctx.saved_tensors
+        grads = {"dt": [], "dt_x": [], "B": [], "C": []}  # per block, (T, b, d) or (T, b, n), last block first
+        grad_A = torch.zeros_like(A)
+        carry = grad_final  # Ā_{t+1} ⊙ g_{t+1}
+        blocks = time_blocks(dt.shape[1])
+        for k in reversed(range(len(blocks))):
+            decays, states = ctx.blocks[k]
+            previous = initial if k == 0 else ctx.blocks[k - 1][1][-1]  # h before the block's first step
+            dt_block, dt_x_block, B_block, C_block, grad_y_block = time_first(blocks[k], dt, dt_x, B, C, grad_y)
+            g = torch.empty_like(states)  # g_t, (T, b, d, n)
+            grad_log_decay = torch.empty_like(states)  # Ā_t ⊙ g_t, then times h_{t-1}
+            for i in reversed(range(len(states))):
+                torch.addcmul(carry, grad_y_block[i, :, :, None], C_block[i, :, None, :], out=g[i])  # g_t
+                carry = torch.mul(decays[i], g[i], out=grad_log_decay[i])  # Ā_t ⊙ g_t
+            carry = carry.clone()  # the next block's carry, kept before grad_log_decay[0] changes
+            grad_log_decay[1:].mul_(states[:-1])
+            grad_log_decay[0].mul_(previous)
+            grads["dt"].append((grad_log_decay * A).sum(-1))
+            grad_A += (grad_log_decay * dt_block[..., None]).sum(dim=(0, 1))
+            grads["dt_x"].append(torch.matmul(g, B_block[..., None])[..., 0])
+            grads["B"].append(torch.matmul(dt_x_block[:, :, None, :], g)[:, :, 0])
+            grads["C"].append(torch.matmul(grad_y_block[:, :, None, :], states)[:, :, 0])
+        grad_dt, grad_dt_x, grad_B, grad_C = (torch.cat(per_block[::-1]).transpose(0, 1) for per_block in grads.values())
+        return grad_dt, grad_dt_x, grad_A, grad_B, grad_C, carry  # carry = ∂L/∂h_0
 
 
 def selective_scan_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):

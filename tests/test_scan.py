@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanohybrid.scan import selective_scan, selective_scan_step
+from nanohybrid import scan
+from nanohybrid.scan import SelectiveScan, selective_scan, selective_scan_step
 from nanohybrid.testing import SAME_MATH, assert_close
 
 
@@ -44,7 +45,10 @@ def random_inputs(batch=2, length=13, channels=6, state=4, seed=0):
     )
 
 
-def test_loop_matches_closed_form_outputs_state_and_every_gradient():
+@pytest.mark.parametrize("block", [scan.BLOCK, 4], ids=["one-block", "blocks-of-4"])
+def test_loop_matches_closed_form_outputs_state_and_every_gradient(block, monkeypatch):
+    """13 steps: one block, or three blocks of 4 and a last one of 1 step (the backward's carry between blocks)."""
+    monkeypatch.setattr(scan, "BLOCK", block)
     inputs = {name: t.requires_grad_() for name, t in random_inputs().items()}
     y, final = selective_scan(**inputs)
     expected_y, expected_final = closed_form(**inputs)
@@ -88,3 +92,13 @@ def test_single_step_advances_the_state_by_one_token():
     y_step, state_step = selective_scan_step(inputs["initial_state"], A=inputs["A"], D=inputs["D"], **step_inputs)
     assert_close(y_step, y[:, 0], SAME_MATH, "y")
     assert_close(state_step, state, SAME_MATH, "state")
+
+
+def test_written_out_backward_passes_gradcheck_in_fp64(monkeypatch):
+    """Finite differences in fp64 check SelectiveScan's backward for every input, across blocks of 3 steps."""
+    monkeypatch.setattr(scan, "BLOCK", 3)
+    inputs = random_inputs(batch=2, length=7, channels=3, state=2)
+    dt, x = inputs["dt"].double(), inputs["x"].double()
+    leaves = [t.double().requires_grad_() for t in (dt, dt * x, inputs["A"], inputs["B"], inputs["C"],
+                                                    inputs["initial_state"])]
+    assert torch.autograd.gradcheck(SelectiveScan.apply, leaves)
