@@ -116,6 +116,7 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, starts=None):
         y = y + tap
     if bias is not None:
         y = y + bias
+    y = y.to(x.dtype)  # as F.conv1d would return it (under bf16 autocast, fp32 weights promote the products)
     if document is None:
         return y, padded[:, length:].transpose(1, 2)
     return y, last_document_inputs(padded.transpose(1, 2), document, last)

@@ -85,17 +85,18 @@ def scan_blocks(dt, dt_x, A, B, C, state, keep: bool = False):
     Returns y = C · h (b, l, d), the final state h_l and, if `keep`, every block's (Ā, h), each (T, b, d, n).
     """
     outputs, kept = [], []
-    for steps in time_blocks(dt.shape[1]):
-        dt_block, dt_x_block, B_block, C_block = time_first(steps, dt, dt_x, B, C)
-        decays = torch.exp(dt_block[..., None] * A)  # Ā_t = exp(Δ_t A), (T, b, d, n)
-        inputs = dt_x_block[..., None] * B_block[:, :, None, :]  # B̄_t x_t = Δ_t x_t B_t, (T, b, d, n)
-        states = torch.empty_like(decays)
-        for i in range(len(states)):
-            state = torch.addcmul(inputs[i], decays[i], state, out=states[i])  # h_t = Ā_t h_{t-1} + B̄_t x_t
-        outputs.append(torch.matmul(states, C_block[..., None])[..., 0])  # y_t = C_t · h_t, (T, b, d)
-        if keep:
-            kept.append((decays, states))
-    return torch.cat(outputs).transpose(0, 1), state, kept
+    with torch.autocast(dt.device.type, enabled=False):  # fp32 math: autocast would run the readout in bf16
+        for steps in time_blocks(dt.shape[1]):
+            dt_block, dt_x_block, B_block, C_block = time_first(steps, dt, dt_x, B, C)
+            decays = torch.exp(dt_block[..., None] * A)  # Ā_t = exp(Δ_t A), (T, b, d, n)
+            inputs = dt_x_block[..., None] * B_block[:, :, None, :]  # B̄_t x_t = Δ_t x_t B_t, (T, b, d, n)
+            states = torch.empty_like(decays)
+            for i in range(len(states)):
+                state = torch.addcmul(inputs[i], decays[i], state, out=states[i])  # h_t = Ā_t h_{t-1} + B̄_t x_t
+            outputs.append(torch.matmul(states, C_block[..., None])[..., 0])  # y_t = C_t · h_t, (T, b, d)
+            if keep:
+                kept.append((decays, states))
+    return torch.cat(outputs).transpose(0, 1), state.clone(), kept  # a copy of h_l, not a view into the last block
 
 
 class SelectiveScan(torch.autograd.Function):
@@ -115,34 +116,35 @@ class SelectiveScan(torch.autograd.Function):
     def forward(ctx, dt, dt_x, A, B, C, initial):
         y, final, ctx.blocks = scan_blocks(dt, dt_x, A, B, C, initial, keep=True)
         ctx.save_for_backward(dt, dt_x, A, B, C, initial)
-        return y, final.clone()  # a copy: the kept blocks hold h_l, and ctx must not hold its own output
+        return y, final
 
     @staticmethod
     def backward(ctx, grad_y, grad_final):
         dt, dt_x, A, B, C, initial = ctx.saved_tensors
-        grads = {"dt": [], "dt_x": [], "B": [], "C": []}  # per block, (T, b, d) or (T, b, n), last block first
-        grad_A = torch.zeros_like(A)
-        carry = grad_final  # Ā_{t+1} ⊙ g_{t+1}
-        blocks = time_blocks(dt.shape[1])
-        for k in reversed(range(len(blocks))):
-            decays, states = ctx.blocks[k]
-            previous = initial if k == 0 else ctx.blocks[k - 1][1][-1]  # h before the block's first step
-            dt_block, dt_x_block, B_block, C_block, grad_y_block = time_first(blocks[k], dt, dt_x, B, C, grad_y)
-            g = torch.empty_like(states)  # g_t, (T, b, d, n)
-            grad_log_decay = torch.empty_like(states)  # Ā_t ⊙ g_t, then times h_{t-1}
-            for i in reversed(range(len(states))):
-                torch.addcmul(carry, grad_y_block[i, :, :, None], C_block[i, :, None, :], out=g[i])  # g_t
-                carry = torch.mul(decays[i], g[i], out=grad_log_decay[i])  # Ā_t ⊙ g_t
-            carry = carry.clone()  # the next block's carry, kept before grad_log_decay[0] changes
-            grad_log_decay[1:].mul_(states[:-1])
-            grad_log_decay[0].mul_(previous)
-            grads["dt"].append((grad_log_decay * A).sum(-1))
-            grad_A += (grad_log_decay * dt_block[..., None]).sum(dim=(0, 1))
-            grads["dt_x"].append(torch.matmul(g, B_block[..., None])[..., 0])
-            grads["B"].append(torch.matmul(dt_x_block[:, :, None, :], g)[:, :, 0])
-            grads["C"].append(torch.matmul(grad_y_block[:, :, None, :], states)[:, :, 0])
-        grad_dt, grad_dt_x, grad_B, grad_C = (torch.cat(per_block[::-1]).transpose(0, 1) for per_block in grads.values())
-        return grad_dt, grad_dt_x, grad_A, grad_B, grad_C, carry  # carry = ∂L/∂h_0
+        with torch.autocast(dt.device.type, enabled=False):  # fp32 math, as in the forward
+            grads = {"dt": [], "dt_x": [], "B": [], "C": []}  # per block, (T, b, d) or (T, b, n), last block first
+            grad_A = torch.zeros_like(A)
+            carry = grad_final  # Ā_{t+1} ⊙ g_{t+1}
+            blocks = time_blocks(dt.shape[1])
+            for k in reversed(range(len(blocks))):
+                decays, states = ctx.blocks[k]
+                previous = initial if k == 0 else ctx.blocks[k - 1][1][-1]  # h before the block's first step
+                dt_block, dt_x_block, B_block, C_block, grad_y_block = time_first(blocks[k], dt, dt_x, B, C, grad_y)
+                g = torch.empty_like(states)  # g_t, (T, b, d, n)
+                grad_log_decay = torch.empty_like(states)  # Ā_t ⊙ g_t, then times h_{t-1}
+                for i in reversed(range(len(states))):
+                    torch.addcmul(carry, grad_y_block[i, :, :, None], C_block[i, :, None, :], out=g[i])  # g_t
+                    carry = torch.mul(decays[i], g[i], out=grad_log_decay[i])  # Ā_t ⊙ g_t
+                carry = carry.clone()  # the next block's carry, kept before grad_log_decay[0] changes
+                grad_log_decay[1:].mul_(states[:-1])
+                grad_log_decay[0].mul_(previous)
+                grads["dt"].append((grad_log_decay * A).sum(-1))
+                grad_A += (grad_log_decay * dt_block[..., None]).sum(dim=(0, 1))
+                grads["dt_x"].append(torch.matmul(g, B_block[..., None])[..., 0])
+                grads["B"].append(torch.matmul(dt_x_block[:, :, None, :], g)[:, :, 0])
+                grads["C"].append(torch.matmul(grad_y_block[:, :, None, :], states)[:, :, 0])
+            grad_dt, grad_dt_x, grad_B, grad_C = (torch.cat(per_block[::-1]).transpose(0, 1) for per_block in grads.values())
+            return grad_dt, grad_dt_x, grad_A, grad_B, grad_C, carry  # carry = ∂L/∂h_0
 
 
 def selective_scan_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):

@@ -102,3 +102,18 @@ def test_written_out_backward_passes_gradcheck_in_fp64(monkeypatch):
     leaves = [t.double().requires_grad_() for t in (dt, dt * x, inputs["A"], inputs["B"], inputs["C"],
                                                     inputs["initial_state"])]
     assert torch.autograd.gradcheck(SelectiveScan.apply, leaves)
+
+
+def test_bf16_autocast_leaves_the_scan_in_fp32():
+    """Under autocast (bf16 training on a CPU) the scan still computes in fp32, forward and backward: its
+    readout and its backward's sums are products that autocast would otherwise run in bf16."""
+    inputs = {name: t.requires_grad_() for name, t in random_inputs(length=20).items()}
+    results = []
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y, final = selective_scan(**inputs)
+            grads = torch.autograd.grad(y.sum() + final.sum(), list(inputs.values()))
+        results.append((y, final, *grads))
+    for name, actual, expected in zip(["y", "final", *inputs], results[1], results[0]):
+        assert actual.dtype == torch.float32, f"{name}: {actual.dtype}"
+        assert_close(actual, expected, SAME_MATH, name)
