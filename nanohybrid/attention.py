@@ -89,6 +89,7 @@ def query_blocks(query_index, key_index, max_distance, n_meta, block: int):
 
 
 QUERY_BLOCK = 512  # queries per SDPA call in a long prefill that is not plainly causal (see query_blocks)
+MIN_WINDOW_BLOCK = 64  # with a sliding window, the block shrinks to the window's size, but not below this
 
 
 @ops.register("attention", "sdpa")
@@ -98,7 +99,9 @@ def attention_sdpa(q, k, v, query_index, key_index, query_document, key_document
     another long prefill runs block by block over the keys each block can see (query_blocks)."""
     if plainly_causal(query_index, key_index, key_document, max_distance, n_meta):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-    blocks = None if q.shape[2] <= QUERY_BLOCK else query_blocks(query_index, key_index, max_distance, n_meta, QUERY_BLOCK)
+    # With a window of w, blocks of about w queries see at most about 2w keys each, instead of all of them.
+    block = QUERY_BLOCK if max_distance is None else min(QUERY_BLOCK, max(max_distance, MIN_WINDOW_BLOCK))
+    blocks = None if q.shape[2] <= block else query_blocks(query_index, key_index, max_distance, n_meta, block)
     if blocks is not None:
         return torch.cat([attention_sdpa(q[:, :, rows], k[:, :, columns], v[:, :, columns], query_index[:, rows],
                                          key_index[:, columns], query_document[:, rows], key_document[:, columns],

@@ -118,7 +118,8 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=None):
     cumulative = torch.cumsum(log_decay, dim=2)  # cum_t = log(α_1 ⋯ α_t) within each chunk, (b, c, Q, g, k)
 
     # 1. Inside each chunk: the quadratic form (L ∘ C Bᵀ)(Δ ⊙ x).
-    cum = cumulative.movedim(2, -1)  # (b, c, g, k, Q)
+    cum = cumulative.movedim(2, -1).contiguous()  # (b, c, g, k, Q); contiguous, so that L and the products
+    # below come out in plain (..., Q, Q) layout rather than in the strides a moved axis would pass on
     causal = torch.tril(torch.ones(chunk, chunk, dtype=torch.bool, device=x.device))
     decay_matrix = torch.exp(torch.where(causal, cum[..., :, None] - cum[..., None, :], float("-inf")))  # L
     scores = torch.einsum("bctgn,bcsgn->bcgts", C, B)  # C Bᵀ, once per group, (b, c, g, Q, Q)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanohybrid.layers import CausalConv1d, GatedMLP, RMSNorm, RotaryEmbedding
+from nanohybrid.layers import CausalConv1d, GatedMLP, RMSNorm, RotaryEmbedding, causal_conv1d, split_linear
 from nanohybrid.testing import SAME_MATH, assert_close
 
 
@@ -102,3 +102,30 @@ def test_causal_conv_continues_from_its_state_and_decodes_one_token_at_a_time():
     assert_close(torch.cat(outputs, dim=1), full, SAME_MATH, "token by token")
     assert torch.equal(state, full_state)
     assert torch.equal(full_state, x[:, -3:].transpose(1, 2))
+
+
+@pytest.mark.parametrize("documents", [False, True])
+def test_causal_conv_backward_written_out_passes_gradcheck(documents):
+    """ShiftedTaps' backward (the anti-causal taps, and each tap's sum over batch and time) against
+    finite differences in fp64, through the bias, the initial state, the final state and document cuts."""
+    torch.manual_seed(0)
+    batch, length, channels, width = 2, 9, 3, 4
+    starts = torch.zeros(batch, length, dtype=torch.bool)
+    if documents:
+        starts[0, 2] = starts[1, 0] = starts[1, 7] = True  # one cut inside the first taps, one near the end
+
+    def conv(x, weight, bias, initial_state):
+        y, state = causal_conv1d(x, weight, bias, initial_state, starts if documents else None)
+        return y, state
+
+    inputs = (torch.randn(batch, length, channels), torch.randn(channels, width), torch.randn(channels),
+              torch.randn(batch, channels, width - 1))
+    inputs = tuple(t.double().requires_grad_() for t in inputs)
+    assert torch.autograd.gradcheck(conv, inputs)
+
+
+def test_split_linear_is_the_split_product():
+    torch.manual_seed(0)
+    x, weight = torch.randn(2, 5, 8), torch.randn(11, 8)
+    for part, expected in zip(split_linear(x, weight, [4, 6, 1]), F.linear(x, weight).split([4, 6, 1], dim=-1)):
+        assert_close(part, expected, SAME_MATH, "split_linear")
