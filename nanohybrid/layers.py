@@ -20,19 +20,19 @@ from . import ops
 
 
 class RMSNormFunction(torch.autograd.Function):
-    """y = x̂ ⊙ s with x̂ = x · r and r = 1/sqrt(mean(x²) + eps) over each group of channels, in fp32, with
+    """y = x̂ ⊙ s with x̂ = x · r and r = 1/sqrt(mean(x²) + eps) over each group of channels, in s's dtype, with
     the backward pass written out (ĝ = ∂L/∂y ⊙ s, the means over each group):
 
         ∂L/∂x = r · (ĝ - x̂ · mean(ĝ ⊙ x̂))        ∂L/∂s = Σ over tokens of ∂L/∂y ⊙ x̂
 
     Autograd, differentiating the square, the mean, the rsqrt and two products one by one, passes over
     the activations about twice as often; a norm runs twice in every layer.
-    x (..., D); scale s (D,); returns y (..., D) in x's dtype.
+    x (..., D); scale s (D,), fp32 or wider; returns y (..., D) in x's dtype.
     """
 
     @staticmethod
     def forward(ctx, x, scale, group_size: int, eps: float):
-        grouped = x.float().unflatten(-1, (-1, group_size))  # (..., groups, group_size)
+        grouped = x.to(scale.dtype).unflatten(-1, (-1, group_size))  # (..., groups, group_size)
         rstd = torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)  # r, (..., groups, 1)
         normed = (grouped * rstd).flatten(-2)  # x̂, (..., D)
         ctx.save_for_backward(normed, rstd, scale)
@@ -42,14 +42,14 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         normed, rstd, scale = ctx.saved_tensors
-        grad = grad.float()
+        grad = grad.to(scale.dtype)
         groups = rstd.shape[-2]
         grad_normed = (grad * scale).unflatten(-1, (groups, -1))  # ĝ, (..., groups, group_size)
         normed_grouped = normed.unflatten(-1, (groups, -1))
         mean_product = (grad_normed * normed_grouped).mean(-1, keepdim=True)  # mean(ĝ ⊙ x̂), (..., groups, 1)
         grad_x = torch.addcmul(grad_normed, normed_grouped, mean_product, value=-1.0).mul_(rstd).flatten(-2)
         grad_scale = (grad * normed).flatten(0, -2).sum(0)
-        return grad_x.to(ctx.x_dtype), grad_scale.to(scale.dtype), None, None
+        return grad_x.to(ctx.x_dtype), grad_scale, None, None
 
 
 class RMSNorm(nn.Module):
@@ -68,7 +68,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.weight.float() + 1.0 if self.offset else self.weight.float()
+        weight = self.weight.to(torch.promote_types(self.weight.dtype, torch.float32))  # fp32, or fp64 in fp64 tests
+        scale = weight + 1.0 if self.offset else weight
         return RMSNormFunction.apply(x, scale, self.group_size, self.eps)
 
 

@@ -19,6 +19,17 @@ def test_rmsnorm_matches_its_equation(offset):
     assert_close(norm(x), expected, SAME_MATH, "rmsnorm")
 
 
+@pytest.mark.parametrize("offset, group_size", [(False, None), (True, None), (False, 4)])
+def test_rmsnorm_backward_written_out_passes_gradcheck(offset, group_size):
+    """RMSNormFunction's backward against finite differences in fp64, for the plain, Gemma and grouped norms."""
+    torch.manual_seed(0)
+    norm = RMSNorm(12, eps=1e-6, offset=offset, group_size=group_size).double()
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(2, 3, 12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, weight: torch.func.functional_call(norm, {"weight": weight}, (x,)),
+                                    (x, norm.weight))
+
+
 def test_gemma_rmsnorm_starts_as_identity_scale():
     x = torch.randn(2, 16)
     assert_close(RMSNorm(16, 1e-6, offset=True)(x), RMSNorm(16, 1e-6)(x), SAME_MATH, "fresh gemma vs plain")
