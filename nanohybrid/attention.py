@@ -96,7 +96,8 @@ MIN_WINDOW_BLOCK = 64  # with a sliding window, the block shrinks to the window'
 def attention_sdpa(q, k, v, query_index, key_index, query_document, key_document, max_distance, n_meta, scale):
     """The same op through PyTorch's fused scaled_dot_product_attention (the fast CPU path). A training
     or prefill call whose mask is the plain lower triangle uses SDPA's own causal path instead of a mask;
-    another long prefill runs block by block over the keys each block can see (query_blocks)."""
+    a call with a sliding window, or another long prefill, runs block by block over the keys each block
+    can see (query_blocks)."""
     if plainly_causal(query_index, key_index, key_document, max_distance, n_meta):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
     # With a window of w, blocks of about w queries see at most about 2w keys each, instead of all of them.

@@ -142,6 +142,29 @@ def test_long_prefill_runs_block_by_block_and_matches_the_reference(monkeypatch,
     assert module.query_blocks(key_index.flip(1), key_index.flip(1), max_distance, n_meta, 8) is None  # a ring buffer
 
 
+def test_a_window_runs_in_blocks_of_about_its_size_with_the_reference_gradients(monkeypatch):
+    """A training call with a sliding window (documents and meta tokens included) goes through query
+    blocks of max(window, MIN_WINDOW_BLOCK) queries, and its output and gradients equal the reference's."""
+    from nanohybrid import attention as module
+
+    monkeypatch.setattr(module, "MIN_WINDOW_BLOCK", 4)
+    sizes = []
+    query_blocks = module.query_blocks
+    monkeypatch.setattr(module, "query_blocks", lambda *args: sizes.append(args[-1]) or query_blocks(*args))
+    torch.manual_seed(0)
+    b, h, h_kv, s, hd, n_meta, max_distance = 2, 4, 2, 45, 8, 3, 6
+    index = torch.arange(s).expand(b, s)
+    document = (index >= 30).long()
+    arguments = (index, index, document, document, max_distance, n_meta, hd**-0.5)
+    inputs = [torch.randn(b, heads, s, hd, requires_grad=True) for heads in (h, h_kv, h_kv)]
+    grad = torch.randn(b, h, s, hd)
+    blocked = torch.autograd.grad(module.attention_sdpa(*inputs, *arguments), inputs, grad)
+    assert sizes == [max_distance]
+    reference = torch.autograd.grad(module.attention(*inputs, *arguments), inputs, grad)
+    for name, ours, expected in zip("qkv", blocked, reference):
+        assert_close(ours, expected, SAME_MATH, f"gradient of {name}")
+
+
 def test_rope_angles_are_computed_once_per_call_and_shared_by_every_layer(monkeypatch):
     from nanohybrid.layers import RotaryEmbedding
 
