@@ -36,20 +36,19 @@ class RMSNormFunction(torch.autograd.Function):
         rstd = torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)  # r, (..., groups, 1)
         normed = (grouped * rstd).flatten(-2)  # x̂, (..., D)
         ctx.save_for_backward(normed, rstd, scale)
-        ctx.x_dtype = x.dtype
         return (normed * scale).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         normed, rstd, scale = ctx.saved_tensors
-        grad = grad.to(scale.dtype)
+        x_dtype, grad = grad.dtype, grad.to(scale.dtype)  # autograd hands the gradient in y's dtype, which is x's
         groups = rstd.shape[-2]
         grad_normed = (grad * scale).unflatten(-1, (groups, -1))  # ĝ, (..., groups, group_size)
         normed_grouped = normed.unflatten(-1, (groups, -1))
         mean_product = (grad_normed * normed_grouped).mean(-1, keepdim=True)  # mean(ĝ ⊙ x̂), (..., groups, 1)
         grad_x = torch.addcmul(grad_normed, normed_grouped, mean_product, value=-1.0).mul_(rstd).flatten(-2)
         grad_scale = (grad * normed).flatten(0, -2).sum(0)
-        return grad_x.to(ctx.x_dtype), grad_scale, None, None
+        return grad_x.to(x_dtype), grad_scale, None, None
 
 
 class RMSNorm(nn.Module):
