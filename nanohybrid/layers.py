@@ -19,6 +19,15 @@ import torch.nn.functional as F
 from . import ops
 
 
+def rms_norm(x, scale, group_size: int, eps: float):
+    """y = x̂ ⊙ s in x's dtype, with x̂ = x · r (..., D) and r = 1/sqrt(mean(x²) + eps) over each group of
+    channels (..., groups, 1), computed in s's dtype. x (..., D), scale s (D,) -> y, x̂, r."""
+    grouped = x.to(scale.dtype).unflatten(-1, (-1, group_size))  # (..., groups, group_size)
+    rstd = torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
+    normed = (grouped * rstd).flatten(-2)
+    return (normed * scale).to(x.dtype), normed, rstd
+
+
 class RMSNormFunction(torch.autograd.Function):
     """y = x̂ ⊙ s with x̂ = x · r and r = 1/sqrt(mean(x²) + eps) over each group of channels, in s's dtype, with
     the backward pass written out (ĝ = ∂L/∂y ⊙ s, the means over each group):
@@ -32,11 +41,9 @@ class RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, group_size: int, eps: float):
-        grouped = x.to(scale.dtype).unflatten(-1, (-1, group_size))  # (..., groups, group_size)
-        rstd = torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)  # r, (..., groups, 1)
-        normed = (grouped * rstd).flatten(-2)  # x̂, (..., D)
+        y, normed, rstd = rms_norm(x, scale, group_size, eps)
         ctx.save_for_backward(normed, rstd, scale)
-        return (normed * scale).to(x.dtype)
+        return y
 
     @staticmethod
     def backward(ctx, grad):
@@ -69,7 +76,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight.to(torch.promote_types(self.weight.dtype, torch.float32))  # fp32, or fp64 in fp64 tests
         scale = weight + 1.0 if self.offset else weight
-        return RMSNormFunction.apply(x, scale, self.group_size, self.eps)
+        if torch.is_grad_enabled():
+            return RMSNormFunction.apply(x, scale, self.group_size, self.eps)
+        return rms_norm(x, scale, self.group_size, self.eps)[0]  # inference: no Function, whose call costs ~7 µs
 
 
 class RotaryEmbedding(nn.Module):
@@ -127,6 +136,18 @@ class GatedMLP(nn.Module):
         return self.down_proj(gate * self.up_proj(x))
 
 
+def shifted_taps(padded, weight, bias, visible):
+    """ShiftedTaps' forward, y_t = bias + Σ_k w[k] ⊙ padded_{t+k}, also run directly when nothing needs a gradient."""
+    length, last = padded.shape[1] - weight.shape[1] + 1, weight.shape[1] - 1  # l; K-1
+    y = padded[:, last:] * weight[:, last]  # tap K-1: the current token, never cut
+    if bias is not None:
+        y += bias
+    for k in range(last):
+        tap = padded[:, k : k + length] if visible is None else padded[:, k : k + length] * visible[k]
+        y.addcmul_(tap, weight[:, k])
+    return y
+
+
 class ShiftedTaps(torch.autograd.Function):
     """The taps of a causal conv, y_t = Σ_k w[k] ⊙ padded_{t+k} (visible_k[t] cuts tap k at a document
     boundary), with the backward pass written out.
@@ -142,16 +163,9 @@ class ShiftedTaps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, padded, weight, bias, visible):
-        length, last = padded.shape[1] - weight.shape[1] + 1, weight.shape[1] - 1  # l; K-1
-        y = padded[:, last:] * weight[:, last]  # tap K-1: the current token, never cut
-        if bias is not None:
-            y += bias
-        for k in range(last):
-            tap = padded[:, k : k + length] if visible is None else padded[:, k : k + length] * visible[k]
-            y.addcmul_(tap, weight[:, k])
         ctx.save_for_backward(padded, weight, visible)
         ctx.has_bias = bias is not None
-        return y
+        return shifted_taps(padded, weight, bias, visible)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -189,7 +203,8 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, starts=None):
     visible = None if document is None else torch.stack(  # tap k reads x_{t-K+1+k} only from t's own document
         [document[:, k : k + length, None] == document[:, last:, None] for k in range(last)]).to(x.dtype)
     # In x's dtype, as F.conv1d returns it: under bf16 autocast, the fp32 weights promote the products.
-    y = ShiftedTaps.apply(padded, weight, bias, visible).to(x.dtype)
+    taps = ShiftedTaps.apply if torch.is_grad_enabled() else shifted_taps  # inference: skip the Function's call cost
+    y = taps(padded, weight, bias, visible).to(x.dtype)
     if document is None:
         return y, padded[:, length:].transpose(1, 2)
     return y, last_document_inputs(padded.transpose(1, 2), document, last)

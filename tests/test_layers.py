@@ -8,15 +8,17 @@ from nanohybrid.layers import CausalConv1d, GatedMLP, RMSNorm, RotaryEmbedding, 
 from nanohybrid.testing import SAME_MATH, assert_close
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["RMSNormFunction", "no_grad"])
 @pytest.mark.parametrize("offset", [False, True])
-def test_rmsnorm_matches_its_equation(offset):
+def test_rmsnorm_matches_its_equation(offset, grad):
     torch.manual_seed(0)
     norm = RMSNorm(16, eps=1e-6, offset=offset)
     torch.nn.init.normal_(norm.weight)
     x = torch.randn(3, 5, 16)
     scale = 1 + norm.weight if offset else norm.weight
     expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * scale
-    assert_close(norm(x), expected, SAME_MATH, "rmsnorm")
+    with torch.set_grad_enabled(grad):
+        assert_close(norm(x), expected, SAME_MATH, "rmsnorm")
 
 
 @pytest.mark.parametrize("offset, group_size", [(False, None), (True, None), (False, 4)])
@@ -90,11 +92,13 @@ def test_gated_mlp_matches_its_equation(activation):
     assert_close(mlp(x), mlp.down_proj(act * mlp.up_proj(x)), SAME_MATH, activation)
 
 
-def test_causal_conv_matches_a_loop_over_taps():
+@pytest.mark.parametrize("grad", [True, False], ids=["ShiftedTaps", "no_grad"])
+def test_causal_conv_matches_a_loop_over_taps(grad):
     torch.manual_seed(0)
     conv = CausalConv1d(6, kernel_size=4)
     x = torch.randn(2, 9, 6)
-    y, _ = conv(x)
+    with torch.set_grad_enabled(grad):
+        y, _ = conv(x)
     padded = F.pad(x, (0, 0, 3, 0))  # three zeros before the first token
     expected = conv.bias + sum(padded[:, k : k + 9] * conv.weight[:, 0, k] for k in range(4))
     assert_close(y, expected, SAME_MATH, "conv")
