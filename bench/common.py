@@ -152,6 +152,22 @@ def log_log(axis, xs: list[int], xlabel: str, ylabel: str, title: str) -> None:
     axis.grid(True, which="major", alpha=0.3)
 
 
+def plot_times(rows: list[list], lengths, name: str, panel_rows: int = 1) -> None:
+    """fwd+bwd time against T from table rows [panel, T, implementation, forward, fwd+bwd, ...]: a panel per
+    distinct first column (in `panel_rows` rows), a line per implementation; rows not timed are left out."""
+    panels = list(dict.fromkeys(row[0] for row in rows))
+    fig, axes = figure(panel_rows, len(panels) // panel_rows)
+    for axis, panel in zip(axes, panels):
+        for implementation in dict.fromkeys(row[2] for row in rows if row[0] == panel):
+            points = [(row[1], row[4].median) for row in rows
+                      if row[0] == panel and row[2] == implementation and not isinstance(row[4], str)]
+            if points:
+                axis.plot(*zip(*points), marker="o", label=implementation)
+        log_log(axis, lengths, "sequence length T", "fwd+bwd seconds (median)", panel)
+        axis.legend(fontsize=7)
+    save_figure(fig, name)
+
+
 def save_figure(fig, name: str) -> Path:
     import matplotlib.pyplot as plt
     RESULTS.mkdir(exist_ok=True)

@@ -25,7 +25,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from bench.common import arguments, check, figure, format_seconds, log_log, measure, save_figure, setup, table, write_report
+from bench.common import arguments, check, format_seconds, measure, plot_times, setup, table, write_report
 from nanohybrid import ops
 from nanohybrid.mamba import init_dt_bias
 from nanohybrid.ssd import ssd_quadratic, ssd_recurrent
@@ -189,20 +189,6 @@ def run_length(op, make_inputs, functions, length, args, device, previous: dict)
     return sorted(rows, key=lambda row: names.index(row[2]))
 
 
-def plot(rows: list[list], lengths, name: str) -> None:
-    ops_ = list(dict.fromkeys(row[0] for row in rows))
-    fig, axes = figure(1, len(ops_))
-    for axis, op in zip(axes, ops_):
-        for implementation in dict.fromkeys(row[2] for row in rows if row[0] == op):
-            points = [(row[1], row[4].median) for row in rows
-                      if row[0] == op and row[2] == implementation and not isinstance(row[4], str)]
-            if points:
-                axis.plot(*zip(*points), marker="o", label=implementation)
-        log_log(axis, lengths, "sequence length T", "fwd+bwd seconds (median)", op)
-        axis.legend(fontsize=7)
-    save_figure(fig, name)
-
-
 def main() -> None:
     parser = arguments(__doc__, "short sequences, few repeats")
     parser.add_argument("--max-call-seconds", type=float, default=60.0, help="skip calls expected to take longer")
@@ -224,7 +210,7 @@ def main() -> None:
                 f"Target: ours ≥ 10× faster than selective_scan_ref.")
     name = "scan_ops" + ("_gpu" if device.type == "cuda" else "") + ("_quick" if args.quick else "")
     write_report(name, "Scan ops", settings, [table(headers, rows)])
-    plot(rows, lengths, name)
+    plot_times(rows, lengths, name)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Training throughput of every architecture, against transformers at the same config, and against the machine.
 
-    python -m bench.train_throughput --quick        about a minute: batch 2 × 128, 3 timed steps
+    python -m bench.train_throughput --quick        about a minute: batch 2 × 128 (on a GPU still 8 × 1024), 3 timed steps
     python -m bench.train_throughput                the measurement: batch 8 × 256 (train_small.py's), 10 steps
     python -m bench.train_throughput --device cuda  the GPU section: 100m presets, reference vs Triton vs upstream
     python -m bench.train_throughput --dtype bf16   both sides' steps under bf16 autocast (the gate stays fp32)
@@ -32,6 +32,7 @@ from tests.oracles import (modeling_jamba, modeling_llama, modeling_mamba, model
 
 TARGETS = {"llama3": 1.0}  # speedup over transformers; every recurrent and hybrid architecture: 1.5
 TARGET_MFU = 0.5  # llama3-small
+TOKENS_TO_PROJECT = 10e9  # GPU: hours for the 100m presets to train on this many tokens at the measured rate
 GATE = 1e-4  # relative error of the loss and of all gradients: the same fp32 math in another order (1e-7 - 1e-5)
 RECURRENT_GEMMA = dict(window_convention="keys", scale_embeddings=True, logit_softcap=30.0)  # tests' conventions
 
@@ -220,7 +221,7 @@ def main() -> None:
     args.bf16 = args.dtype == "bf16"
     device = setup(args.threads, args.device)
     gpu = device.type == "cuda"
-    args.batch, args.seq_len = (2, 128) if args.quick else (8, 1024) if gpu else (8, 256)
+    args.batch, args.seq_len = (8, 1024) if gpu else (2, 128) if args.quick else (8, 256)
     args.warmup, args.repeats = (1, 3) if args.quick else (2, 10)
     size = "100m" if gpu else "small"
     kernels = {"ours (reference)": "reference", "ours (triton)": "triton"} if gpu else {"ours": "auto"}
@@ -230,6 +231,9 @@ def main() -> None:
     rows = [row for arch in args.arch for row in run(arch, size, args, device, peak, kernels)]
     headers = ["preset", "implementation", "step: median [IQR]", "tokens/s", "speedup vs transformers", "MFLOPs/token",
                "MFU"]
+    if gpu:  # the one-GPU reproduction's budget: SmolLM-Corpus at 10B tokens
+        headers.append("hours for 10B tokens")
+        rows = [row + [f"{TOKENS_TO_PROJECT / float(row[3].replace(',', '')) / 3600:,.1f}"] for row in rows]
     llama = [row for row in rows if row[0] == f"`llama3-{size}`" and row[1].startswith("ours")]
     verdict = f"llama3-{size} MFU {llama[0][6]} (target ≥{TARGET_MFU:.0%})" if llama else ""
     precision = "bf16 autocast on both sides" if args.bf16 else "fp32"

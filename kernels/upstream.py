@@ -2,7 +2,7 @@
 CUDA GPU, with the optional GPU packages installed (requirements-gpu.txt). The auto rule prefers them there.
 
     selective_scan   mamba_ssm's selective_scan_fn (CUDA); a decode step from a state: selective_state_update
-    ssd              mamba_ssm's mamba_chunk_scan_combined (Triton)
+    ssd              mamba_ssm's mamba_chunk_scan_combined (Triton: registered without mamba_ssm's CUDA build too)
     attention        flash-attn's flash_attn_func, and flash_attn_varlen_func for packed documents
     causal_conv1d    causal-conv1d's causal_conv1d_fn (CUDA)
 
@@ -17,6 +17,9 @@ names, and the auto rule then takes our Triton kernel for that call:
 The adapters are made from the upstream functions they are given, so tests/test_upstream.py runs them
 through the parity suite on a CPU with upstream's pure-PyTorch references standing in for the kernels.
 """
+
+import sys
+import types
 
 import torch
 import torch.nn.functional as F
@@ -133,10 +136,27 @@ def causal_conv1d_refusal(x, weight, bias, initial_state, starts):
     return None
 
 
+def selective_scan_extension_built() -> bool:
+    """Whether mamba_ssm's CUDA extension (selective_scan_cuda, behind selective_scan_fn) is there.
+
+    mamba_ssm imports it when the package is imported, even for its Triton kernels (the SSD, the decode
+    step). Built without it (MAMBA_SKIP_CUDA_BUILD, or copied as Python files) the Triton kernels still
+    run, so an empty module stands in for the extension, as in the tests, and selective_scan_fn is left out.
+    """
+    extension = sys.modules.get("selective_scan_cuda")
+    if extension is None:
+        try:
+            import selective_scan_cuda as extension
+        except ImportError:
+            extension = sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+    return hasattr(extension, "fwd")
+
+
 def register_installed() -> None:
     """Register each upstream kernel whose package imports, when there is a GPU to run it."""
     if not torch.cuda.is_available():
         return
+    scan_built = selective_scan_extension_built()
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
@@ -144,8 +164,9 @@ def register_installed() -> None:
     except ImportError:
         pass
     else:
-        ops.register("selective_scan", "upstream", devices=("cuda",), refuses=selective_scan_refusal,
-                     state_gradient=False)(selective_scan_adapter(selective_scan_fn, selective_state_update))
+        if scan_built:
+            ops.register("selective_scan", "upstream", devices=("cuda",), refuses=selective_scan_refusal,
+                         state_gradient=False)(selective_scan_adapter(selective_scan_fn, selective_state_update))
         ops.register("ssd", "upstream", devices=("cuda",))(ssd_adapter(mamba_chunk_scan_combined))
     try:
         from causal_conv1d import causal_conv1d_fn

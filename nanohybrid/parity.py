@@ -110,7 +110,7 @@ def case_inputs(op: str, case: dict, generator: torch.Generator) -> dict:
     raise ValueError(f"unknown op {op!r}; ops are {', '.join(ops.OPS)}")
 
 
-def _stream(b, l, s):
+def prefill_layout(b, l, s):
     """Prefill of s keys, the last l of them queried: one document, every slot filled in order."""
     key_index = torch.arange(s).expand(b, s)
     return key_index[:, s - l :], key_index, torch.ones(b, l, dtype=torch.long), torch.ones(b, s, dtype=torch.long)
@@ -133,7 +133,7 @@ def _ring_decode(b, l, s):
 
 def _documents(b, l, s):
     """Three packed documents; attention must stop at their boundaries."""
-    query_index, key_index, _, _ = _stream(b, l, s)
+    query_index, key_index, _, _ = prefill_layout(b, l, s)
     document = torch.bucketize(key_index, torch.tensor([s // 4, 2 * s // 3]), right=True)  # uneven lengths
     return query_index, key_index, document[:, s - l :], document
 
@@ -155,13 +155,13 @@ CASES = {
         "one token": dict(shape=(3, 1, 16), resets=[(2, 0)]),
     },
     "attention": {
-        "causal, GQA 4/2, odd length": dict(shape=(2, 4, 2, 37, 37, 16, 16), layout=_stream),
-        "sliding window 8, 4 meta tokens, MQA, wide values": dict(shape=(1, 4, 1, 41, 41, 16, 32), layout=_stream,
+        "causal, GQA 4/2, odd length": dict(shape=(2, 4, 2, 37, 37, 16, 16), layout=prefill_layout),
+        "sliding window 8, 4 meta tokens, MQA, wide values": dict(shape=(1, 4, 1, 41, 41, 16, 32), layout=prefill_layout,
                                                                  max_distance=8, n_meta=4),
         "decoding from a ring buffer with holes": dict(shape=(2, 2, 2, 3, 19, 16, 16), layout=_ring_decode,
                                                        max_distance=12, n_meta=4),
         "three packed documents": dict(shape=(1, 2, 1, 30, 30, 8, 8), layout=_documents),
-        "sliding window 6, the last 9 of 30 keys queried": dict(shape=(2, 2, 1, 9, 30, 8, 8), layout=_stream,
+        "sliding window 6, the last 9 of 30 keys queried": dict(shape=(2, 2, 1, 9, 30, 8, 8), layout=prefill_layout,
                                                                max_distance=6),
     },
     "moe_experts": {
@@ -212,7 +212,7 @@ def _prepare(inputs: dict, device: str, dtype: torch.dtype) -> dict:
     return prepared
 
 
-def _arguments(op: str, inputs: dict) -> tuple:
+def positional_arguments(op: str, inputs: dict) -> tuple:
     """The keyword inputs of a case as the op's positional arguments, defaults filled in."""
     signature = inspect.signature(ops.implementations(op)["reference"].function)
     bound = signature.bind(**inputs)
@@ -240,7 +240,7 @@ def _refusal(op: str, refuses, inputs: dict, device, dtype, gradients: bool) -> 
     if refuses is None:
         return None
     with contextlib.nullcontext() if gradients else torch.no_grad():
-        return refuses(*_arguments(op, _prepare(inputs, device, dtype)))
+        return refuses(*positional_arguments(op, _prepare(inputs, device, dtype)))
 
 
 def check_implementation(op: str, function: Callable, device: str = "cpu", dtype: torch.dtype = torch.float32,

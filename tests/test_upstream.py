@@ -118,10 +118,10 @@ def registered(monkeypatch):
 
 
 def test_auto_takes_upstream_where_it_can_and_the_next_kernel_where_it_refuses(registered):
-    from nanohybrid.parity import CASES, _arguments, case_inputs
+    from nanohybrid.parity import CASES, case_inputs, positional_arguments
     def arguments(case):
         inputs = case_inputs("attention", CASES["attention"][case], torch.Generator().manual_seed(0))
-        return _arguments("attention", inputs)
+        return positional_arguments("attention", inputs)
     taken, refused = arguments("causal, GQA 4/2, odd length"), arguments("decoding from a ring buffer with holes")
     assert ops.default("attention", "cuda", torch.bfloat16, taken).name == "upstream"
     assert ops.default("attention", "cuda", torch.bfloat16, refused).name != "upstream"
@@ -150,3 +150,23 @@ def test_tiny_model_on_the_upstream_adapters_matches_the_reference_and_decodes_a
             logits, cache = prefill(model, tokens[:, :5])
             continuations.append(torch.stack(list(decode(model, logits, cache, 6, temperature=0)), dim=1))
     assert torch.equal(*continuations)
+
+
+@pytest.mark.parametrize("extension", ["not built", "built"])
+def test_mamba_ssm_triton_kernels_register_without_its_cuda_extension(monkeypatch, extension):
+    """On a GPU, mamba_ssm installed without its CUDA build (MAMBA_SKIP_CUDA_BUILD) still gives its Triton SSD;
+    selective_scan_fn, which needs the extension, registers only when the extension is there."""
+    import sys
+    import types
+
+    import_mamba_ssm_references()  # skips where mamba_ssm is not installed
+    if extension == "built":
+        monkeypatch.setitem(sys.modules, "selective_scan_cuda", types.SimpleNamespace(fwd=lambda *args: None))
+    else:
+        monkeypatch.delitem(sys.modules, "selective_scan_cuda")  # as on a machine where it was never built
+    monkeypatch.setattr(ops, "REGISTRY", {op: dict(implementations) for op, implementations in ops.REGISTRY.items()})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    upstream.register_installed()
+    assert ops.REGISTRY["ssd"]["upstream"].devices == ("cuda",)
+    assert ("upstream" in ops.REGISTRY["selective_scan"]) == (extension == "built")
+    assert hasattr(sys.modules["selective_scan_cuda"], "fwd") == (extension == "built")  # else the stand-in
