@@ -156,7 +156,7 @@ def plot_times(rows: list[list], lengths, name: str, panel_rows: int = 1) -> Non
     """fwd+bwd time against T from table rows [panel, T, implementation, forward, fwd+bwd, ...]: a panel per
     distinct first column (in `panel_rows` rows), a line per implementation; rows not timed are left out."""
     panels = list(dict.fromkeys(row[0] for row in rows))
-    fig, axes = figure(panel_rows, len(panels) // panel_rows)
+    fig, axes = figure(panel_rows, -(-len(panels) // panel_rows))
     for axis, panel in zip(axes, panels):
         for implementation in dict.fromkeys(row[2] for row in rows if row[0] == panel):
             points = [(row[1], row[4].median) for row in rows

@@ -186,6 +186,11 @@ def main() -> None:
                                  repeats)
                 if gpu:
                     torch.cuda.empty_cache()
+            report(rows, lengths, repeats, gpu, args.quick)  # after each shape: a run cut short keeps what it measured
+
+
+def report(rows: list[list], lengths, repeats: int, gpu: bool, quick: bool) -> None:
+    """bench/results/kernels_gpu[_quick].md and .png (on a CPU: kernels_interpreter_quick) from the rows so far."""
     headers = ["shape (dtype)", "T", "implementation", "forward: median [IQR]", "fwd+bwd: median [IQR]",
                "fwd+bwd compared", "gate"]
     settings = (f"Batch 1, no initial state; {repeats} timed calls each after one warm-up, interleaved. Gate: every "
@@ -194,10 +199,9 @@ def main() -> None:
                 f"Triton kernels' fwd+bwd within {TARGET_UPSTREAM_RATIO}× of the upstream kernel's."
                 + ("" if gpu else " CPU: toy widths, kernels in Triton's interpreter, so the times say nothing "
                    "about the kernels; this run checks the script."))
-    name = ("kernels_gpu" + ("_quick" if args.quick else "")) if gpu else "kernels_interpreter_quick"  # a check only
+    name = ("kernels_gpu" + ("_quick" if quick else "")) if gpu else "kernels_interpreter_quick"  # a check only
     write_report(name, "Kernels at the papers' shapes", settings, [table(headers, rows)])
-    plot_times(rows, lengths, name, panel_rows=len(dtypes))
-
+    plot_times(rows, lengths, name, panel_rows=len({row[0].rsplit("(", 1)[1] for row in rows}))  # a row per dtype
 
 if __name__ == "__main__":
     main()

@@ -228,7 +228,14 @@ def main() -> None:
     n = 1024 if args.quick else 4096 if gpu else 2048
     peak = matmul_peak(n, device, args.repeats, torch.bfloat16 if args.bf16 else torch.float32)
     print(f"{args.dtype} matmul peak ({n}×{n}): {peak / 1e9:.1f} GFLOP/s")
-    rows = [row for arch in args.arch for row in run(arch, size, args, device, peak, kernels)]
+    rows = []
+    for arch in args.arch:  # the report is rewritten after each one, so that a run cut short keeps what it measured
+        rows += run(arch, size, args, device, peak, kernels)
+        report(rows, args, size, f"{args.dtype} matmul peak ({n}×{n}, same threads): {peak / 1e9:.1f} GFLOP/s", gpu)
+
+
+def report(rows: list[list], args, size: str, peak: str, gpu: bool) -> None:
+    """bench/results/train_throughput[_gpu][_bf16][_quick].md and .png from the rows measured so far."""
     headers = ["preset", "implementation", "step: median [IQR]", "tokens/s", "speedup vs transformers", "MFLOPs/token",
                "MFU"]
     if gpu:  # the one-GPU reproduction's budget: SmolLM-Corpus at 10B tokens
@@ -238,13 +245,12 @@ def main() -> None:
     verdict = f"llama3-{size} MFU {llama[0][6]} (target ≥{TARGET_MFU:.0%})" if llama else ""
     precision = "bf16 autocast on both sides" if args.bf16 else "fp32"
     settings = (f"Batch {args.batch} × {args.seq_len} tokens, {precision}, {args.warmup} warm-up and {args.repeats} timed "
-                f"steps each (interleaved between the implementations of one preset), AdamW. {args.dtype} matmul peak "
-                f"({n}×{n}, same threads): {peak / 1e9:.1f} GFLOP/s. Correctness gate: loss and all gradients within "
-                f"relative error {GATE:.0e} of transformers' after a weight copy, in fp32. {verdict}")
+                f"steps each (interleaved between the implementations of one preset), AdamW. {peak}. Correctness "
+                f"gate: loss and all gradients within relative error {GATE:.0e} of transformers' after a weight copy, "
+                f"in fp32. {verdict}")
     name = "train_throughput" + ("_gpu" if gpu else "") + ("_bf16" if args.bf16 else "") + ("_quick" if args.quick else "")
     write_report(name, "Training throughput", settings, [table(headers, rows)])
     plot(rows, name)
-
 
 if __name__ == "__main__":
     main()

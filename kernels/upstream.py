@@ -136,12 +136,13 @@ def causal_conv1d_refusal(x, weight, bias, initial_state, starts):
     return None
 
 
-def selective_scan_extension_built() -> bool:
-    """Whether mamba_ssm's CUDA extension (selective_scan_cuda, behind selective_scan_fn) is there.
+def import_selective_scan_extension() -> bool:
+    """Import mamba_ssm's CUDA extension (selective_scan_cuda, behind selective_scan_fn), or put an empty
+    module in its place; True if the real one is there.
 
-    mamba_ssm imports it when the package is imported, even for its Triton kernels (the SSD, the decode
-    step). Built without it (MAMBA_SKIP_CUDA_BUILD, or copied as Python files) the Triton kernels still
-    run, so an empty module stands in for the extension, as in the tests, and selective_scan_fn is left out.
+    mamba_ssm imports the extension when the package is imported, even for its Triton kernels (the SSD,
+    the decode step). Built without it (MAMBA_SKIP_CUDA_BUILD, or copied as Python files) the Triton
+    kernels still run, so an empty module stands in for it, as in the tests, and selective_scan_fn is left out.
     """
     extension = sys.modules.get("selective_scan_cuda")
     if extension is None:
@@ -156,7 +157,7 @@ def register_installed() -> None:
     """Register each upstream kernel whose package imports, when there is a GPU to run it."""
     if not torch.cuda.is_available():
         return
-    scan_built = selective_scan_extension_built()
+    scan_built = import_selective_scan_extension()
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
