@@ -2,7 +2,7 @@
 and against the upstream kernels (mamba_ssm, flash-attn, causal-conv1d), each gated on its error first.
 
     python -m bench.kernels --device cuda            the measurement: T in {1024, 4096, 8192}, fp32 and bf16
-    python -m bench.kernels --device cuda --quick    T = 1024 and 4096, bf16 only: about two minutes
+    python -m bench.kernels --device cuda --quick    T = 1024 and 4096, bf16 only (bench/gpu_check.sh's step)
     python -m bench.kernels                          on a CPU (with or without --quick): toy widths, the kernels
                                                      in Triton's interpreter; checks the script, times mean nothing
 

@@ -252,5 +252,6 @@ def report(rows: list[list], args, size: str, peak: str, gpu: bool) -> None:
     write_report(name, "Training throughput", settings, [table(headers, rows)])
     plot(rows, name)
 
+
 if __name__ == "__main__":
     main()
