@@ -91,8 +91,9 @@ def scan_blocks(dt, dt_x, A, B, C, state, keep: bool = False):
             decays = torch.exp(dt_block[..., None] * A)  # Ā_t = exp(Δ_t A), (T, b, d, n)
             inputs = dt_x_block[..., None] * B_block[:, :, None, :]  # B̄_t x_t = Δ_t x_t B_t, (T, b, d, n)
             states = torch.empty_like(decays)
-            for i in range(len(states)):
-                state = torch.addcmul(inputs[i], decays[i], state, out=states[i])  # h_t = Ā_t h_{t-1} + B̄_t x_t
+            # per-step views made once by unbind, not indexed inside the loop (as in recurrence.py)
+            for input_t, decay_t, state_t in zip(inputs.unbind(0), decays.unbind(0), states.unbind(0)):
+                state = torch.addcmul(input_t, decay_t, state, out=state_t)  # h_t = Ā_t h_{t-1} + B̄_t x_t
             outputs.append(torch.matmul(states, C_block[..., None])[..., 0])  # y_t = C_t · h_t, (T, b, d)
             if keep:
                 kept.append((decays, states))
@@ -132,9 +133,11 @@ class SelectiveScan(torch.autograd.Function):
                 dt_block, dt_x_block, B_block, C_block, grad_y_block = time_first(blocks[k], dt, dt_x, B, C, grad_y)
                 g = torch.empty_like(states)  # g_t, (T, b, d, n)
                 grad_log_decay = torch.empty_like(states)  # Ā_t ⊙ g_t, then times h_{t-1}
-                for i in reversed(range(len(states))):
-                    torch.addcmul(carry, grad_y_block[i, :, :, None], C_block[i, :, None, :], out=g[i])  # g_t
-                    carry = torch.mul(decays[i], g[i], out=grad_log_decay[i])  # Ā_t ⊙ g_t
+                steps = zip(grad_y_block[..., None].unbind(0), C_block[:, :, None].unbind(0), decays.unbind(0),
+                            g.unbind(0), grad_log_decay.unbind(0))  # per-step views: (b, d, 1), (b, 1, n), (b, d, n) ...
+                for grad_y_t, C_t, decay_t, g_t, grad_log_decay_t in reversed(list(steps)):
+                    torch.addcmul(carry, grad_y_t, C_t, out=g_t)  # g_t = C_t ⊗ ∂L/∂y_t + Ā_{t+1} ⊙ g_{t+1}
+                    carry = torch.mul(decay_t, g_t, out=grad_log_decay_t)  # Ā_t ⊙ g_t
                 carry = carry.clone()  # the next block's carry, kept before grad_log_decay[0] changes
                 grad_log_decay[1:].mul_(states[:-1])
                 grad_log_decay[0].mul_(previous)
