@@ -75,8 +75,10 @@ def time_blocks(length: int) -> list[slice]:
 
 
 def time_first(steps: slice, *tensors):
-    """Each (b, l, ...) tensor's block of steps, time first: (T, b, ...)."""
-    return [t[:, steps].transpose(0, 1) for t in tensors]
+    """Each (b, l, ...) tensor's block of steps, time first and contiguous: (T, b, ...). Contiguous, so that
+    the (T, b, d, n) tensors computed from them are laid out time first too (elementwise results copy
+    their inputs' layout) and the block's matmuls need not copy them."""
+    return [t[:, steps].transpose(0, 1).contiguous() for t in tensors]
 
 
 def scan_blocks(dt, dt_x, A, B, C, state, keep: bool = False):
