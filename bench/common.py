@@ -83,6 +83,21 @@ def measure(functions: dict, device: torch.device, warmup: int, repeats: int) ->
     return {name: summarise(times) for name, times in samples.items()}
 
 
+def forward_backward(function, inputs: dict, upstream: list) -> tuple[tuple, tuple]:
+    """One training call: the outputs (an op's output, and the final state for the scans and the conv) and
+    the gradient of every floating-point input under the fixed upstream gradients (zeros where none
+    reached an input); other inputs (flags, indices) pass through."""
+    leaves = {name: value.detach().requires_grad_() if isinstance(value, torch.Tensor) and value.is_floating_point()
+              else value for name, value in inputs.items()}
+    outputs = function(**leaves)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    loss = sum((output.to(gradient.dtype) * gradient).sum() for output, gradient in zip(outputs, upstream))
+    differentiable = [value for value in leaves.values() if isinstance(value, torch.Tensor) and value.requires_grad]
+    gradients = torch.autograd.grad(loss, differentiable, allow_unused=True)
+    return (tuple(output.detach() for output in outputs),
+            tuple(torch.zeros_like(x) if g is None else g for g, x in zip(gradients, differentiable)))
+
+
 def summarise(samples: list[float]) -> Timing:
     """Median and quartiles of two or more samples."""
     q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")

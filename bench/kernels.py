@@ -26,9 +26,10 @@ Triton kernels within 1.5× of the upstream kernel's fwd+bwd time.
 
 import torch
 
-from bench.common import arguments, measure, plot_times, setup, table, write_report
+from bench.common import arguments, forward_backward, measure, plot_times, setup, table, write_report
 from nanohybrid import ops
-from nanohybrid.parity import BF16_FACTOR, KERNEL_FP32, case_inputs, positional_arguments, prefill_layout
+from nanohybrid.parity import (BF16_FACTOR, KERNEL_FP32, case_inputs, compare, positional_arguments, prefill_layout,
+                               prepare)
 from nanohybrid.testing import relative_error
 
 TARGET_UPSTREAM_RATIO = 1.5  # our Triton kernel's fwd+bwd time over the upstream kernel's, at most
@@ -55,34 +56,17 @@ SHAPES = [
 ]
 
 
-def prepared(inputs: dict, device, dtype) -> dict:
-    """The case's tensors on `device`, floating-point ones in `dtype`; everything else as it is."""
-    return {name: value.to(device, dtype if value.is_floating_point() else value.dtype)
-            if isinstance(value, torch.Tensor) else value for name, value in inputs.items()}
+def training_call(function, inputs: dict, upstream: list) -> list[torch.Tensor]:
+    """forward_backward's outputs and input gradients, in one list."""
+    outputs, gradients = forward_backward(function, inputs, upstream)
+    return [*outputs, *gradients]
 
 
-def as_tuple(result) -> tuple:
-    """An op's result as a tuple: (output, final state) for the scans and the conv, (output,) otherwise."""
-    return result if isinstance(result, tuple) else (result,)
-
-
-def outputs_and_gradients(function, inputs: dict, upstream: list) -> list[torch.Tensor]:
-    """One training call: the outputs (output, and the final state for the scans and the conv) and the
-    gradient of every floating-point input under the fixed upstream gradients."""
-    leaves = {name: value.detach().requires_grad_() if isinstance(value, torch.Tensor) and value.is_floating_point()
-              else value for name, value in inputs.items()}
-    outputs = as_tuple(function(**leaves))
-    loss = sum((output.to(gradient.dtype) * gradient).sum() for output, gradient in zip(outputs, upstream))
-    differentiable = [value for value in leaves.values() if isinstance(value, torch.Tensor) and value.requires_grad]
-    gradients = torch.autograd.grad(loss, differentiable, allow_unused=True)
-    return [output.detach() for output in outputs] + [g if g is not None else torch.zeros_like(x)
-                                                      for g, x in zip(gradients, differentiable)]
-
-
-def errors(actual: list, expected: list) -> list[float]:
-    """The relative error of each output and gradient; inf where one is misshapen or not finite."""
-    return [relative_error(a, e) if a.shape == e.shape and torch.isfinite(a).all() else float("inf")
-            for a, e in zip(actual, expected)]
+def worst(actual: list, expected: list, bounds: list) -> float:
+    """The largest relative error over bound (above 1: the gate fails), through the parity suite's compare:
+    inf where a result is misshapen or not finite."""
+    checks = [compare("", "", result, truth, bound) for result, truth, bound in zip(actual, expected, bounds)]
+    return max(check.error / check.bound for check in checks)
 
 
 def candidates(op: str, device: str, dtype, arguments: tuple) -> dict:
@@ -101,23 +85,24 @@ def run_case(op, label, case, length, dtype, device, repeats) -> list[list]:
     """Gate, then time, every implementation of one op at one shape, length and dtype -> table rows."""
     inputs = case_inputs(op, case, torch.Generator().manual_seed(length))
     inputs.pop("initial_state", None)  # training starts from zero (and selective_scan_fn takes no state)
-    truth_inputs = prepared(inputs, device, torch.float64)
+    truth_inputs = prepare(inputs, device, torch.float64)
     reference = ops.implementations(op)["reference"].function
     with torch.no_grad():
-        shapes = [output.shape for output in as_tuple(reference(**truth_inputs))]
+        outputs = reference(**truth_inputs)
+        shapes = [output.shape for output in (outputs if isinstance(outputs, tuple) else (outputs,))]
     generator = torch.Generator().manual_seed(0)
     upstream = [torch.randn(shape, generator=generator, dtype=torch.float64).to(device) for shape in shapes]
     if len(upstream) > 1:
         upstream[1].zero_()  # no gradient on the final state: selective_scan_fn drops it, and training never has one
-    expected = outputs_and_gradients(reference, truth_inputs, upstream)
+    expected = training_call(reference, truth_inputs, upstream)
     del truth_inputs
-    inputs = prepared(inputs, device, dtype)
+    inputs = prepare(inputs, device, dtype)  # leaves that track gradients, as a training call's inputs are
     upstream = [gradient.float() for gradient in upstream]
     if dtype == torch.float32:
         bounds = [KERNEL_FP32] * len(expected)
     else:  # PyTorch's own error at this precision, as in the parity suite
-        bounds = [BF16_FACTOR * max(error, 1e-3) for error in errors(outputs_and_gradients(reference, inputs, upstream),
-                                                                     expected)]
+        bounds = [BF16_FACTOR * max(relative_error(pytorch, value), 1e-3)
+                  for pytorch, value in zip(training_call(reference, inputs, upstream), expected)]
     rows, timed = [], {}
     for name, function in candidates(op, device.type, dtype, positional_arguments(op, inputs)).items():
         if isinstance(function, str):
@@ -125,16 +110,15 @@ def run_case(op, label, case, length, dtype, device, repeats) -> list[list]:
             continue
         print(f"{label}, T={length}: {name}")
         try:
-            worst = max(error / bound for error, bound in zip(errors(outputs_and_gradients(function, inputs, upstream),
-                                                                     expected), bounds))
+            ratio = worst(training_call(function, inputs, upstream), expected, bounds)
         except Exception as error:  # out of memory, or a kernel that crashes: a row, not the end of the run
             rows.append([label, length, name, "not timed", "not timed", "–", f"FAILED: {type(error).__name__}"])
             print(f"  {type(error).__name__}: {error}")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             continue
-        if worst > 1:
-            rows.append([label, length, name, "not timed", "not timed", "–", f"FAILED ({worst:.2g}× its bound)"])
+        if ratio > 1:
+            rows.append([label, length, name, "not timed", "not timed", "–", f"FAILED ({ratio:.2g}× its bound)"])
             continue
         timed[name] = function
     del expected
@@ -146,7 +130,7 @@ def run_case(op, label, case, length, dtype, device, repeats) -> list[list]:
         return call
 
     forward = measure({name: inference(function) for name, function in timed.items()}, device, 1, repeats)
-    training = measure({name: lambda f=function: outputs_and_gradients(f, inputs, upstream)
+    training = measure({name: lambda f=function: forward_backward(f, inputs, upstream)
                         for name, function in timed.items()}, device, 1, repeats)
     for name in timed:
         rows.append([label, length, name, forward[name], training[name], ratios(name, training), "ok"])

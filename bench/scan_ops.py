@@ -25,7 +25,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from bench.common import arguments, check, format_seconds, measure, plot_times, setup, table, write_report
+from bench.common import (arguments, check, format_seconds, forward_backward, measure, plot_times, setup, table,
+                          write_report)
 from nanohybrid import ops
 from nanohybrid.mamba import init_dt_bias
 from nanohybrid.ssd import ssd_quadratic, ssd_recurrent
@@ -125,15 +126,6 @@ def implementations(device) -> dict:
                     label = "ours (registry: triton)" if name == "triton" else "upstream kernel (registry: upstream)"
                     functions[label] = registry(op, name, **fixed)
     return {"S6 selective scan": (s6_inputs, s6), "SSD (Mamba-2)": (ssd_inputs, ssd), "RG-LRU": (rglru_inputs, rglru)}
-
-
-def forward_backward(function, inputs, upstream):
-    """Outputs (y, final state) and the gradient of every float input under the fixed upstream gradients."""
-    leaves = {name: t.detach().clone().requires_grad_(t.is_floating_point()) for name, t in inputs.items()}
-    outputs = function(**leaves)
-    loss = sum((output * gradient).sum() for output, gradient in zip(outputs, upstream))
-    differentiable = [t for t in leaves.values() if t.requires_grad]
-    return outputs, torch.autograd.grad(loss, differentiable)
 
 
 def run_length(op, make_inputs, functions, length, args, device, previous: dict) -> list[list]:

@@ -200,7 +200,7 @@ def _outputs(op: str, result) -> dict[str, torch.Tensor]:
     return {"output": result}
 
 
-def _prepare(inputs: dict, device: str, dtype: torch.dtype) -> dict:
+def prepare(inputs: dict, device: str, dtype: torch.dtype) -> dict:
     """Tensors moved to `device`; floating-point ones cast to `dtype` as fresh leaves that track gradients."""
     prepared = {}
     for name, value in inputs.items():
@@ -222,7 +222,7 @@ def positional_arguments(op: str, inputs: dict) -> tuple:
 
 def _run(op, function, inputs, upstream, device, dtype, poison=False, gradients=True):
     """Outputs of one implementation and the gradients of its float inputs under the upstream gradient."""
-    inputs = _prepare(inputs, device, dtype)
+    inputs = prepare(inputs, device, dtype)
     differentiable = [name for name, value in inputs.items() if isinstance(value, torch.Tensor) and value.requires_grad]
     with poisoned_allocations() if poison else contextlib.nullcontext():
         if not gradients:
@@ -240,7 +240,7 @@ def _refusal(op: str, refuses, inputs: dict, device, dtype, gradients: bool) -> 
     if refuses is None:
         return None
     with contextlib.nullcontext() if gradients else torch.no_grad():
-        return refuses(*positional_arguments(op, _prepare(inputs, device, dtype)))
+        return refuses(*positional_arguments(op, prepare(inputs, device, dtype)))
 
 
 def check_implementation(op: str, function: Callable, device: str = "cpu", dtype: torch.dtype = torch.float32,
@@ -259,7 +259,7 @@ def check_implementation(op: str, function: Callable, device: str = "cpu", dtype
             continue
         inputs = case_inputs(op, case, torch.Generator().manual_seed(0))
         with torch.no_grad():
-            shapes = _outputs(op, reference(**_prepare(inputs, "cpu", torch.float64)))
+            shapes = _outputs(op, reference(**prepare(inputs, "cpu", torch.float64)))
         generator = torch.Generator().manual_seed(1)
         upstream = {name: torch.randn(t.shape, generator=generator, dtype=torch.float64) for name, t in shapes.items()}
         if not state_gradient and "final state" in upstream:
@@ -283,11 +283,11 @@ def check_implementation(op: str, function: Callable, device: str = "cpu", dtype
         except Exception as error:  # a kernel that crashes fails the case, readably
             checks.append(Check(case_name, "runs", float("inf"), 0.0, f"raised {type(error).__name__}: {error}"))
             continue
-        checks.extend(_compare(case_name, name, actual.get(name), value, bounds[name]) for name, value in expected.items())
+        checks.extend(compare(case_name, name, actual.get(name), value, bounds[name]) for name, value in expected.items())
     return checks
 
 
-def _compare(case: str, name: str, actual, expected, bound: float) -> Check:
+def compare(case: str, name: str, actual, expected, bound: float) -> Check:
     if actual is None:
         return Check(case, name, float("inf"), bound, "missing (no gradient reached this input)")
     if actual.shape != expected.shape:
