@@ -88,6 +88,34 @@ def ssd_quadratic(x, dt, A, B, C, initial_state=None):
     return y.to(x.dtype), final
 
 
+class DecayMaskedScores(torch.autograd.Function):
+    """M = L ∘ C Bᵀ for each head of a group, with the chunk's decay mask L[t, s] = exp(cum_t - cum_s) for
+    s ≤ t and 0 above the diagonal, and the backward pass written out (G = ∂loss/∂M):
+
+        ∂loss/∂(C Bᵀ) = Σ over the group's heads of G ∘ L
+        ∂loss/∂cum_t  = Σ_s P[t, s] - Σ_s P[s, t]        with P = G ∘ M   (∂L[t, s]/∂cum_t = L[t, s] = -∂L[t, s]/∂cum_s)
+
+    These (Q × Q)-per-head tensors are the largest in the layer. Autograd, differentiating the
+    difference, the mask, the exp and the product one by one, passes over them twice as often.
+    Above the diagonal exp may overflow to inf; tril_ replaces it by 0 before anything uses it.
+    scores C Bᵀ (b, c, g, Q, Q); cum (b, c, g, k, Q) -> M (b, c, g, k, Q, Q).
+    """
+
+    @staticmethod
+    def forward(ctx, scores, cum):
+        decay_matrix = (cum[..., :, None] - cum[..., None, :]).exp_().tril_()  # L, (b, c, g, k, Q, Q)
+        ctx.save_for_backward(scores, decay_matrix)
+        return scores[:, :, :, None] * decay_matrix
+
+    @staticmethod
+    def backward(ctx, grad):
+        scores, decay_matrix = ctx.saved_tensors
+        grad_masked = grad * decay_matrix  # G ∘ L
+        grad_scores = grad_masked.sum(3)
+        product = grad_masked.mul_(scores[:, :, :, None])  # P = G ∘ L ∘ C Bᵀ, in place of G ∘ L
+        return grad_scores, product.sum(-1) - product.sum(-2)
+
+
 @ops.register("ssd", "reference")
 def ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=None):
     """The four-step chunked algorithm (SSD paper §6). Any length: the tail is padded with Δ = 0,
@@ -120,10 +148,8 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=None):
     # 1. Inside each chunk: the quadratic form (L ∘ C Bᵀ)(Δ ⊙ x).
     cum = cumulative.movedim(2, -1).contiguous()  # (b, c, g, k, Q); contiguous, so that L and the products
     # below come out in plain (..., Q, Q) layout rather than in the strides a moved axis would pass on
-    causal = torch.tril(torch.ones(chunk, chunk, dtype=torch.bool, device=x.device))
-    decay_matrix = torch.exp(torch.where(causal, cum[..., :, None] - cum[..., None, :], float("-inf")))  # L
     scores = torch.einsum("bctgn,bcsgn->bcgts", C, B)  # C Bᵀ, once per group, (b, c, g, Q, Q)
-    y_inside = torch.einsum("bcgkts,bcsgkp->bctgkp", scores[:, :, :, None] * decay_matrix, dt_x)
+    y_inside = torch.einsum("bcgkts,bcsgkp->bctgkp", DecayMaskedScores.apply(scores, cum), dt_x)
 
     # 2. Each chunk's own contribution to the state at its end (starting from zero).
     decay_to_chunk_end = torch.exp(cumulative[:, :, -1:] - cumulative)  # (b, c, Q, g, k)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanohybrid.ssd import segment_sum, ssd_chunked, ssd_quadratic, ssd_recurrent, ssd_step
+from nanohybrid.ssd import DecayMaskedScores, segment_sum, ssd_chunked, ssd_quadratic, ssd_recurrent, ssd_step
 from nanohybrid.testing import SAME_MATH, assert_close
 
 
@@ -94,3 +94,26 @@ def test_segment_sum():
     inf = float("-inf")
     expected = torch.tensor([[0.0, inf, inf], [2.0, 0.0, inf], [5.0, 3.0, 0.0]])
     assert torch.equal(segment_sum(a), expected)
+
+
+def test_decay_masked_scores_backward_is_the_derivative_in_float64():
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 2, 2, 5, 5, generator=generator, dtype=torch.float64, requires_grad=True)  # (b, c, g, Q, Q)
+    cum = torch.randn(2, 2, 2, 3, 5, generator=generator, dtype=torch.float64).cumsum(-1).requires_grad_()  # k = 3
+    assert torch.autograd.gradcheck(DecayMaskedScores.apply, (scores, cum))
+
+
+def test_decay_masked_scores_stay_finite_where_the_upper_triangle_overflows():
+    """log α = -30 per step: exp(cum_t - cum_s) above the diagonal reaches exp(210), past fp32's range."""
+    scores = torch.randn(1, 1, 1, 8, 8, requires_grad=True)
+    cum = torch.arange(8.0).mul(-30.0).expand(1, 1, 1, 2, 8).clone().requires_grad_()
+    masked = DecayMaskedScores.apply(scores, cum)
+    causal = torch.ones(8, 8, dtype=torch.bool).tril()
+    expected = scores[:, :, :, None] * torch.exp(torch.where(causal, cum[..., :, None] - cum[..., None, :], float("-inf")))
+    assert_close(masked, expected, SAME_MATH, "M")
+    upstream = torch.randn_like(masked)
+    ours = torch.autograd.grad((masked * upstream).sum(), (scores, cum))
+    theirs = torch.autograd.grad((expected * upstream).sum(), (scores, cum))
+    for name, grad, reference in zip(("scores", "cum"), ours, theirs):
+        assert torch.isfinite(grad).all(), name
+        assert_close(grad, reference, SAME_MATH, name)
