@@ -96,7 +96,8 @@ class DecayMaskedScores(torch.autograd.Function):
         ∂loss/∂cum_t  = Σ_s P[t, s] - Σ_s P[s, t]        with P = G ∘ M   (∂L[t, s]/∂cum_t = L[t, s] = -∂L[t, s]/∂cum_s)
 
     These (Q × Q)-per-head tensors are the largest in the layer. Autograd, differentiating the
-    difference, the mask, the exp and the product one by one, passes over them twice as often.
+    difference, the mask, the exp and the product one by one, makes five elementwise passes over them
+    where this backward makes two (G ∘ L, then P), besides the same sums.
     Above the diagonal exp may overflow to inf; tril_ replaces it by 0 before anything uses it.
     scores C Bᵀ (b, c, g, Q, Q); cum (b, c, g, k, Q) -> M (b, c, g, k, Q, Q).
     """
