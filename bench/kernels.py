@@ -190,5 +190,6 @@ def report(rows: list[list], lengths, repeats: int, gpu: bool, quick: bool) -> N
     write_report(name, "Kernels at the papers' shapes", settings, [table(headers, rows)])
     plot_times(rows, lengths, name, panel_rows=len({row[0].rsplit("(", 1)[1] for row in rows}))  # a row per dtype
 
+
 if __name__ == "__main__":
     main()
