@@ -18,8 +18,8 @@ from nanohybrid import ops
 from nanohybrid.config import get_config
 from nanohybrid.generate import check_length, check_sampling, decode, prefill_prompts
 from nanohybrid.model import LanguageModel
-from nanohybrid.tokenizer import load_tokenizer
-from nanohybrid.training import load_model
+from nanohybrid.tools.tokenizer import load_tokenizer
+from nanohybrid.tools.training import load_model
 
 
 def load(args) -> tuple[LanguageModel, str]:

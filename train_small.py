@@ -32,13 +32,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nanohybrid import ops
-from nanohybrid.compare import ARCHITECTURES as COMPARED, train_mqar, write_report
+from nanohybrid.tools.compare import TABLE_3_ARCHITECTURES as COMPARED, train_mqar, write_report
 from nanohybrid.config import ModelConfig, get_config
-from nanohybrid.data import get_batch, load_corpus
+from nanohybrid.tools.data import get_batch, load_corpus
 from nanohybrid.generate import generate
 from nanohybrid.model import LanguageModel
-from nanohybrid.tokenizer import load_tokenizer
-from nanohybrid.training import evaluate, learning_rate, load_checkpoint, load_model, make_optimizer, plot_losses, save_checkpoint
+from nanohybrid.tools.tokenizer import load_tokenizer
+from nanohybrid.tools.training import (learning_rate, load_checkpoint, load_model, make_optimizer, plot_losses,
+                                       save_checkpoint, validation_loss)
 
 
 SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9}
@@ -203,7 +204,7 @@ def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, devi
         entry = {"step": step + 1, "tokens": (step + 1) * tokens_per_step, "loss": loss_sum.item(),
                  "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
         if (step + 1) % run.eval_interval == 0 or step + 1 == total_steps:
-            entry["val_loss"] = evaluate(model, corpus["val"], run.batch_size, run.seq_len, run.eval_batches, run.seed + 1, bf16)
+            entry["val_loss"] = validation_loss(model, corpus["val"], run.batch_size, run.seq_len, run.eval_batches, run.seed + 1, bf16)
             save_checkpoint(out, model, optimizer, dataclasses.asdict(run), step + 1)
         log.write(json.dumps(entry) + "\n")
         log.flush()
@@ -215,7 +216,7 @@ def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, devi
         return {}
     log.close()
     plot_losses(metrics, out / "loss.png")
-    val_loss = evaluate(model, corpus["val"], run.batch_size, run.seq_len, run.eval_batches, run.seed + 1, bf16)
+    val_loss = validation_loss(model, corpus["val"], run.batch_size, run.seq_len, run.eval_batches, run.seed + 1, bf16)
     print(f"validation loss {val_loss:.4f} nats/token, perplexity {math.exp(val_loss):.2f}")
     return {"preset": run.preset, "out": str(out), "val_loss": val_loss, "parameters": model.num_parameters(),
             "tokens_per_second": (total_steps - start_step) * tokens_per_step / (time.time() - started),

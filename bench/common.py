@@ -6,7 +6,7 @@ reports each one's median and interquartile range (the middle half of the sample
 outlier does not move the way it moves a mean. On a GPU it synchronises before reading the clock.
 
 The gate: `check(...)` compares two outputs by relative error ‖ours − theirs‖ / ‖theirs‖
-(nanohybrid/testing.py) and prints the result; a speedup is reported only for a pair whose check
+(nanohybrid/tools/testing.py) and prints the result; a speedup is reported only for a pair whose check
 passed (as fla's benchmarks do).
 """
 
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-import nanohybrid  # noqa: F401  (flushes subnormal floats to zero, for both sides of every comparison)
-from nanohybrid.testing import relative_error
+from nanohybrid.tools.testing import relative_error
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -41,6 +40,7 @@ def setup(threads: int, device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no GPU is visible to PyTorch here; run on a machine with one, or use cpu")
     torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # as ops does for our CPU calls: both sides of every comparison alike
     torch.manual_seed(0)
     return torch.device(device)
 

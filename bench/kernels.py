@@ -6,7 +6,7 @@ and against the upstream kernels (mamba_ssm, flash-attn, causal-conv1d), each ga
     python -m bench.kernels                          on a CPU (with or without --quick): toy widths, the kernels
                                                      in Triton's interpreter; checks the script, times mean nothing
 
-Shapes (batch 1; the op's inputs as nanohybrid.parity.case_inputs makes them, no initial state, as in training):
+Shapes (batch 1; the op's inputs as nanohybrid.tools.parity.case_inputs makes them, no initial state, as in training):
   selective_scan  d_inner 3200, d_state 16: Hymba-1.5B's SSM heads (mamba_ssm's selective_scan_fn)
   ssd             50 heads × 64 = d_inner 3200, d_state 128, 1 group, chunk 256: mamba_ssm's Mamba2 defaults
   rglru_scan      width 2560: RecurrentGemma-2B, with a document starting mid-sequence
@@ -17,7 +17,7 @@ Shapes (batch 1; the op's inputs as nanohybrid.parity.case_inputs makes them, no
 
 The gate: before it is timed, an implementation's output, final state and every input gradient (under one
 random upstream gradient, none on the final state, which selective_scan_fn drops) must be as close to the
-reference run in fp64 on the same device as nanohybrid/parity.py demands: relative error 1e-4 in fp32, and
+reference run in fp64 on the same device as nanohybrid/tools/parity.py demands: relative error 1e-4 in fp32, and
 in bf16 at most 2× the error of the reference run in bf16. A case an upstream kernel refuses (flash-attn
 has no always-visible prefix inside a window) is listed as refused. Timings: forward under no_grad, and
 forward + backward, interleaved across implementations (bench/common.py's measure); the target is our
@@ -28,9 +28,9 @@ import torch
 
 from bench.common import arguments, forward_backward, measure, plot_times, setup, table, write_report
 from nanohybrid import ops
-from nanohybrid.parity import (BF16_FACTOR, KERNEL_FP32, case_inputs, compare, positional_arguments, prefill_layout,
+from nanohybrid.tools.parity import (BF16_FACTOR, KERNEL_FP32, case_inputs, compare, positional_arguments, prefill_layout,
                                prepare)
-from nanohybrid.testing import relative_error
+from nanohybrid.tools.testing import relative_error
 
 TARGET_UPSTREAM_RATIO = 1.5  # our Triton kernel's fwd+bwd time over the upstream kernel's, at most
 ORDER = ["reference", "sdpa", "triton", "upstream"]  # the rows of each case; a student's kernel would come last

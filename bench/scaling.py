@@ -29,7 +29,7 @@ import time
 import torch
 
 from bench.common import arguments, figure, log_log, save_figure, setup, synchronize, table, write_report
-from nanohybrid.analysis import cache_bytes
+from nanohybrid.tools.analysis import cache_bytes
 from nanohybrid.config import ARCHITECTURES, get_config
 from nanohybrid.generate import prefill
 from nanohybrid.model import LanguageModel

@@ -75,7 +75,7 @@ def registry(op, implementation, **fixed):
     def run(**inputs):
         with ops.use(**{op: implementation}):
             return getattr(ops, op)(**inputs, **fixed)
-    run.state_gradient = ops.implementations(op)[implementation].state_gradient
+    run.state_gradient = ops.resolve(op, implementation).state_gradient
     return run
 
 
@@ -109,13 +109,14 @@ def transformers_rglru(x, log_a, reset):
 def implementations(device) -> dict:
     """op -> (inputs, {name: function}), ours first; our Triton kernels too on a GPU."""
     selective_scan_ref, _ = import_mamba_ssm_references()
-    s6 = {"ours (registry: reference)": registry("selective_scan", "reference", dt_softplus=True),
+    ours = "cpu" if device.type == "cpu" else "reference"  # the registry's fast path on a CPU
+    s6 = {f"ours (registry: {ours})": registry("selective_scan", ours, dt_softplus=True),
           "mamba_ssm selective_scan_ref": lambda **inputs: reference_s6(selective_scan_ref, **inputs),
           "transformers mamba_selective_scan": transformers_s6}
-    ssd = {"ours chunked (registry: reference)": registry("ssd", "reference", chunk_size=SSD_CHUNK),
+    ssd = {f"ours chunked (registry: {ours})": registry("ssd", ours, chunk_size=SSD_CHUNK),
            "ours quadratic": ssd_quadratic, "ours loop": ssd_recurrent,
            "transformers mamba2_chunk_scan": transformers_ssd}
-    rglru = {"ours (registry: reference)": registry("rglru_scan", "reference"),
+    rglru = {f"ours (registry: {ours})": registry("rglru_scan", ours),
              "transformers _rnn_scan": transformers_rglru}
     if device.type == "cuda":
         ops.load_backends()

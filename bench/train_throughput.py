@@ -12,7 +12,7 @@ ours with the tests' name mappings, and the pair must agree on the loss and on e
 gradient before either is timed. The two sides' steps are interleaved (ours, theirs, ours, ...) so that
 both see the same background load, and each reports the median of its repeats.
 
-MFU (model FLOPs utilisation) = tokens/s × FLOPs per token (nanohybrid.analysis.training_flops_per_token)
+MFU (model FLOPs utilisation) = tokens/s × FLOPs per token (nanohybrid.tools.analysis.training_flops_per_token)
 ÷ the matmul peak measured in the same run and dtype (the median of large torch.matmul calls).
 """
 
@@ -23,7 +23,7 @@ import torch
 
 from bench.common import arguments, check, figure, measure, save_figure, setup, table, write_report
 from nanohybrid import ops
-from nanohybrid.analysis import training_flops_per_token
+from nanohybrid.tools.analysis import training_flops_per_token
 from nanohybrid.config import ARCHITECTURES, ModelConfig, get_config
 from nanohybrid.model import LanguageModel
 from tests import test_oracles_jamba, test_oracles_llama, test_oracles_mamba, test_oracles_recurrentgemma

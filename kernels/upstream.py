@@ -166,15 +166,15 @@ def register_installed() -> None:
         pass
     else:
         if scan_built:
-            ops.register("selective_scan", "upstream", devices=("cuda",), refuses=selective_scan_refusal,
+            ops.register("selective_scan", "upstream", devices=("cuda",), dtypes=ops.KERNEL_FLOATS, refuses=selective_scan_refusal,
                          state_gradient=False)(selective_scan_adapter(selective_scan_fn, selective_state_update))
-        ops.register("ssd", "upstream", devices=("cuda",))(ssd_adapter(mamba_chunk_scan_combined))
+        ops.register("ssd", "upstream", devices=("cuda",), dtypes=ops.KERNEL_FLOATS)(ssd_adapter(mamba_chunk_scan_combined))
     try:
         from causal_conv1d import causal_conv1d_fn
     except ImportError:
         pass
     else:
-        ops.register("causal_conv1d", "upstream", devices=("cuda",),
+        ops.register("causal_conv1d", "upstream", devices=("cuda",), dtypes=ops.KERNEL_FLOATS,
                      refuses=causal_conv1d_refusal)(causal_conv1d_adapter(causal_conv1d_fn))
     try:
         from flash_attn import flash_attn_func, flash_attn_varlen_func

@@ -105,12 +105,17 @@ class ModelConfig:
     def rglru_width(self) -> int:
         return self.lru_width or self.d_model
 
+    def max_distance(self, window: int | None) -> int | None:
+        """Largest q - k that a query of a layer with this sliding window sees (meta tokens aside); None for
+        global attention. "keys": W keys, the query's own included; "distance": q - k <= W."""
+        if window is None:
+            return None
+        return window - 1 if self.window_convention == "keys" else window
+
     @property
     def max_attention_distance(self) -> int | None:
-        """Largest q - k a sliding-window query may see (meta tokens aside)."""
-        if self.sliding_window is None:
-            return None
-        return self.sliding_window - 1 if self.window_convention == "keys" else self.sliding_window
+        """max_distance of the sliding-window layers."""
+        return self.max_distance(self.sliding_window)
 
     @property
     def layers(self) -> tuple[LayerSpec, ...]:

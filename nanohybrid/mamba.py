@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from . import ops
 from .cache import ForwardContext, RecurrentState
 from .config import ModelConfig
-from .layers import CausalConv1d, RMSNorm, split_linear
+from .layers import CausalConv1d, RMSNorm
 
 
 def init_dt_bias(bias: torch.Tensor, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_floor: float = 1e-4) -> None:
@@ -88,7 +88,7 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(config.d_inner, config.d_model, bias=False)
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # (b, l, d) -> (b, l, d)
-        x, z = split_linear(hidden, self.in_proj.weight, [self.in_proj.out_features // 2] * 2)
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (b, l, E) each
         y, state = self.ssm(x, z, ctx.state((self.layer_idx, "ssm")))
         ctx.save((self.layer_idx, "ssm"), state)
         return self.out_proj(y)
@@ -120,7 +120,7 @@ class Mamba2(nn.Module):
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # (b, l, d) -> (b, l, d)
         state = ctx.state((self.layer_idx, "ssm"))
-        z, xBC, dt = split_linear(hidden, self.in_proj.weight, self.split_sizes)
+        z, xBC, dt = self.in_proj(hidden).split(self.split_sizes, dim=-1)
         xBC, conv_state = self.conv1d(xBC, None if state is None else state.conv)
         xBC = F.silu(xBC)
         group_width = self.groups * self.state_size

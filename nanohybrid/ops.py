@@ -3,11 +3,20 @@
 The model never calls a kernel directly: it calls `ops.selective_scan(...)`, `ops.attention(...)` and
 so on, and the registry picks the implementation. Choose one in four ways (later ones win):
 
-    default            CPU: the readable reference (SDPA for attention); CUDA: our Triton kernels,
-                       or the upstream CUDA kernels (mamba_ssm, flash-attn) when they are installed
+    default ("auto")   CPU: the CPU fast path (kernels/<op>/cpu.py; SDPA for attention), else the
+                       reference; CUDA: the upstream kernels (mamba_ssm, flash-attn) when installed,
+                       else our Triton kernels, else the reference
     environment        NANOHYBRID_KERNELS="rglru_scan=triton,attention=sdpa"
     command line       train_small.py / sample.py --kernels=rglru_scan=triton (same syntax)
     code               with ops.use(rglru_scan="triton"): ...
+
+The rungs of the ladder, each an implementation name:
+
+    reference          nanohybrid/<concept>.py: the paper's maths in plain PyTorch, differentiated by autograd
+    cpu, sdpa          kernels/<op>/cpu.py (sdpa.py): the same maths, fast on a CPU (written-out backward passes,
+                       blocking, layout work); sdpa is PyTorch's fused attention
+    triton             kernels/<op>/triton.py: Triton kernels with their backward (Triton's interpreter on a CPU)
+    upstream           kernels/upstream.py: the field's production kernels, on CUDA
 
 A value is an implementation name, "auto" (the default rule), or a student's function given as
 "path/to/file.py:function", checked against the reference's signature when it is loaded. Naming an
@@ -30,10 +39,12 @@ from pathlib import Path
 
 import torch
 
-OPS = ("selective_scan", "ssd", "rglru_scan", "attention", "moe_experts", "causal_conv1d")
+OPS = ("selective_scan", "ssd", "rglru_scan", "attention", "moe_experts", "causal_conv1d", "rms_norm")
 REFERENCE_MODULES = {"selective_scan": "scan", "ssd": "ssd", "rglru_scan": "rglru", "attention": "attention",
-                     "moe_experts": "moe", "causal_conv1d": "layers"}  # where each op's readable reference lives
-FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+                     "moe_experts": "moe", "causal_conv1d": "layers", "rms_norm": "layers"}  # each op's reference
+RUNGS = ("cpu", "sdpa", "triton", "upstream")  # the fast rungs, in kernels/<op>/<rung>.py (upstream: kernels/upstream.py)
+FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # what PyTorch code runs in
+KERNEL_FLOATS = FLOATS[:3]  # what the upstream kernels take
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ class Implementation:
 
 REGISTRY: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
 _selection_stack: list[dict[str, str]] = []
-_backends_loaded = False
+_rungs_loaded: set[str] = set()
 
 
 def register(op: str, name: str, devices=("cpu", "cuda"), dtypes=FLOATS, backward: bool = True, refuses=None,
@@ -81,22 +92,42 @@ def implementations(op: str) -> dict[str, Implementation]:
     return REGISTRY[op]
 
 
-def load_backends() -> None:
-    """Import the Triton kernels (and the upstream ones, where installed) so that they register.
+def load_rung(rung: str) -> None:
+    """Import every kernels/<op>/<rung>.py (for "upstream", kernels/upstream.py) so that they register.
 
     Triton's interpreter must be switched on before a kernel is defined when there is no GPU.
     """
-    global _backends_loaded
-    if not _backends_loaded:
-        _backends_loaded = True
+    if rung in _rungs_loaded:
+        return
+    _rungs_loaded.add(rung)
+    if rung == "triton":
         _interpret_triton_without_a_gpu()
-        import kernels  # noqa: F401  (registers on import)
+    if rung == "upstream":
+        importlib.import_module("kernels.upstream")
+        return
+    for op in OPS:
+        if importlib.util.find_spec(f"kernels.{op}") and importlib.util.find_spec(f"kernels.{op}.{rung}"):
+            importlib.import_module(f"kernels.{op}.{rung}")
+
+
+def load_backends() -> None:
+    """Every rung of every op registered: the CPU fast paths, the Triton kernels and the upstream adapters."""
+    for rung in RUNGS:
+        load_rung(rung)
 
 
 def _interpret_triton_without_a_gpu() -> None:
     """Triton kernels defined after this run in Triton's interpreter when there is no GPU."""
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@functools.cache
+def _prepare_cpu() -> None:
+    """Done once, the first time an implementation is chosen for a CPU call. SSM and RG-LRU states decay
+    geometrically into subnormal floats (below 1e-38 in fp32), on which CPUs compute many times slower;
+    flushing them to zero changes no result that matters. It holds for the whole process."""
+    torch.set_flush_denormal(True)
 
 
 def parse_selection(text: str) -> dict[str, str]:
@@ -172,20 +203,25 @@ def resolve(op: str, name: str) -> Implementation | None:
     if ".py:" in name:
         return load_student_function(op, name)
     if name not in implementations(op):
-        load_backends()
+        if name in RUNGS:
+            load_rung(name)
+        else:
+            load_backends()
     if name not in REGISTRY[op]:
         raise ValueError(f"unknown implementation {name!r} of {op}; registered: {', '.join(REGISTRY[op])}")
     return REGISTRY[op][name]
 
 
+AUTO = {"cuda": ("upstream", "triton", "reference"), "cpu": ("cpu", "sdpa", "reference")}
+
+
 def default(op: str, device: str, dtype: torch.dtype, arguments: tuple = ()) -> Implementation:
-    """The "auto" rule: upstream CUDA kernels, else ours, on CUDA; the reference (SDPA for attention) on CPU;
-    the first of these that runs on the device and dtype and does not refuse the call's `arguments`."""
-    if device == "cuda":
-        load_backends()
-        preference = ("upstream", "triton", "reference")
-    else:
-        preference = ("sdpa", "reference") if op == "attention" else ("reference",)
+    """The "auto" rule: upstream kernels, else ours, on CUDA; the CPU fast path (SDPA for attention), else the
+    reference, on a CPU; the first of these that runs on the device and dtype and does not refuse the call's
+    `arguments`."""
+    preference = AUTO.get(device, ("reference",))
+    for rung in preference[:-1]:
+        load_rung(rung)
     for name in preference:
         implementation = implementations(op).get(name)
         if implementation is not None and implementation.supports(device, dtype) and not implementation.refusal(arguments):
@@ -195,6 +231,8 @@ def default(op: str, device: str, dtype: torch.dtype, arguments: tuple = ()) -> 
 
 def select(op: str, device: str, dtype: torch.dtype, arguments: tuple = ()) -> Implementation:
     """The implementation selected for `op` (the call's `arguments`, when given, checked against its refusals)."""
+    if device == "cpu":
+        _prepare_cpu()
     name = "auto"
     for selection in [_environment_selection(), *_selection_stack]:
         name = selection.get(op, name)
@@ -238,3 +276,7 @@ def moe_experts(x, expert_weights, experts, gate_proj, up_proj, down_proj):
 
 def causal_conv1d(x, weight, bias=None, initial_state=None, starts=None):
     return _run("causal_conv1d", x, weight, bias, initial_state, starts)
+
+
+def rms_norm(x, scale, group_size, eps):
+    return _run("rms_norm", x, scale, group_size, eps)

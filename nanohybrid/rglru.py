@@ -11,6 +11,9 @@ Reference: De et al. 2024, "Griffin: Mixing Gated Linear Recurrences with Local 
 sqrt(1 - a_t²) keeps the state's scale bounded as a_t → 1. At a document start (position 0) the state
 resets: a_t = 0 and the normaliser is 1, so h_t = i_t ⊙ x_t. The state is kept in fp32.
 
+rglru_scan is the recurrence as a loop over time, differentiated by autograd; its fast forms are
+kernels/rglru_scan/cpu.py (the loop's backward written out) and kernels/rglru_scan/triton.py.
+
 Shape glossary
   b batch   l length   d d_model   R lru_width   H heads (blocks of the gates)   w block width R / H   K conv width
 """
@@ -23,7 +26,6 @@ from . import ops
 from .cache import ForwardContext, RecurrentState
 from .config import ModelConfig
 from .layers import CausalConv1d
-from .recurrence import linear_recurrence
 
 GATE_CONSTANT = 8.0  # c in log a_t = -c · r_t · softplus(p)
 MAX_SQRT_GRADIENT = 1000.0
@@ -43,19 +45,32 @@ class SqrtBoundedGradient(torch.autograd.Function):
         return grad / torch.sqrt(torch.clamp(4.0 * u, min=MAX_SQRT_GRADIENT**-2))
 
 
+def decay_and_normaliser(log_a, reset):
+    """a_t = exp(log a_t) and the normaliser sqrt(1 - a_t²), both (b, l, R) in fp32; at a reset 0 and 1.
+    log_a (b, l, R); reset (b, l) bool."""
+    log_a, reset = log_a.float(), reset[..., None]
+    a = torch.where(reset, 0.0, torch.exp(log_a))
+    normaliser = torch.where(reset, 1.0, SqrtBoundedGradient.apply(1.0 - torch.exp(2.0 * log_a)))
+    return a, normaliser
+
+
+def initial_or_zeros(x, initial_state=None) -> torch.Tensor:
+    """The state h_0 in fp32: the given one, or zeros (b, R)."""
+    return x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32) if initial_state is None else initial_state.float()
+
+
 @ops.register("rglru_scan", "reference")
 def rglru_scan(x, log_a, reset, initial_state=None):
     """The recurrence over a sequence. x = i_t ⊙ x_t and log_a (b, l, R); reset (b, l) bool; initial_state (b, R) or None.
 
     Returns h (b, l, R) in x's dtype and the final state (b, R) in fp32.
     """
-    log_a, reset = log_a.float(), reset[..., None]
-    a = torch.where(reset, 0.0, torch.exp(log_a))
-    normaliser = torch.where(reset, 1.0, SqrtBoundedGradient.apply(1.0 - torch.exp(2.0 * log_a)))  # sqrt(1 - a_t²)
-    normalised_x = normaliser * x.float()
-    state = x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32) if initial_state is None else initial_state.float()
-    h = linear_recurrence(a, normalised_x, state)  # h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t)
-    return h.to(x.dtype), h[:, -1]
+    a, normaliser = decay_and_normaliser(log_a, reset)
+    h, states = initial_or_zeros(x, initial_state), []
+    for t in range(x.shape[1]):
+        h = a[:, t] * h + normaliser[:, t] * x[:, t].float()  # h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t)
+        states.append(h)
+    return torch.stack(states, dim=1).to(x.dtype), h
 
 
 def rglru_step(state, x, log_a, reset):

@@ -1,39 +1,50 @@
-"""Mamba-1 selective scan (S6): the sequential reference.
+"""Mamba-1 selective scan (S6): the readable reference, one time step at a time.
 
-Reference: Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", §3.2 and
-Algorithm 2. The continuous system h'(t) = A h(t) + B x(t), y(t) = C h(t) is discretised with step Δ:
-zero-order hold for A and Euler for B, as in the official kernels (ARCHITECTURES.md §4.1):
+Reference: Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces"
+(arXiv 2312.00752), §3.2 and Algorithm 2. The continuous system h'(t) = A h(t) + B x(t), y(t) = C h(t)
+is discretised with step Δ: zero-order hold for A (Eq. 4) and Euler for B, B̄ = Δ B, as the official
+kernels do (docs/conventions.md, "S6 discretisation"):
 
-    h_t[d, n] = exp(Δ_t[d] · A[d, n]) · h_{t-1}[d, n] + Δ_t[d] · B_t[n] · x_t[d]
-    y_t[d]    = Σ_n C_t[n] · h_t[d, n] + D[d] · x_t[d],       then y_t ⊙ SiLU(z_t) if a gate z is given
+    Ā_t = exp(Δ_t A)                                   (b, d, n)
+    h_t = Ā_t ⊙ h_{t-1} + Δ_t B_t x_t                  (b, d, n)
+    y_t = Σ_n C_t[n] · h_t[:, :, n] + D ⊙ x_t          (b, d), then y_t ⊙ SiLU(z_t) if a gate z is given
 
-Δ, B and C depend on the input ("selective"); A and D are parameters.
-
-The loop runs over blocks of T = BLOCK time steps. What does not depend on the previous state is
-computed for a whole block at once: Ā_t = exp(Δ_t A) and B̄_t x_t = Δ_t x_t B_t as (T, b, d, n)
-tensors, and the readout y_t = C_t · h_t once the block's states are known. The loop over the block's
-steps then does only h_t = Ā_t h_{t-1} + B̄_t x_t, one fused multiply-add per step. No (b, l, d, n)
-tensor is ever built whole: inference holds one block at a time. Softplus, the D skip and the gate are
-done outside the scan.
-
-Training differentiates the loop with a backward written out (SelectiveScan below): left to autograd,
-every step's operations become graph nodes, replayed one at a time, which costs a CPU more than the
-arithmetic does.
+Δ, B and C depend on the input ("selective", Algorithm 2); A and D are parameters. Autograd
+differentiates the loop. The fast CPU form of the same op, with its backward written out, is in
+kernels/selective_scan/cpu.py; the Triton kernel beside it.
 
 Shape glossary
   b  batch      l  sequence length      d  channels (d_inner)      n  state size (d_state)
-  T  steps in a block (BLOCK; the last block may be shorter)
-  x, dt, z (b, l, d)    A (d, n)    B, C (b, l, n)    D, dt_bias (d)    state (b, d, n), fp32
-  inside a block, time comes first: (T, b, d, n), so that each step's slice is contiguous
+  x, dt, z (b, l, d)    A (d, n)    B, C (b, l, n)    D, dt_bias (d)    state h (b, d, n), fp32
 """
 
 import torch
 import torch.nn.functional as F
 
 from . import ops
+from .ssd import segment_sum
 
 
-BLOCK = 16  # time steps per block: a block's (T, b, d, n) tensors are a few MB at the small presets' sizes
+def step_sizes(dt, dt_bias=None, dt_softplus: bool = False) -> torch.Tensor:
+    """Δ = softplus(dt + dt_bias) in fp32 (the bias and the softplus each optional). (b, l, d) -> (b, l, d)."""
+    dt = dt.float() if dt_bias is None else dt.float() + dt_bias.float()
+    return F.softplus(dt) if dt_softplus else dt
+
+
+def initial_or_zeros(x, A, initial_state=None) -> torch.Tensor:
+    """The state h_0 in fp32: the given one, or zeros (b, d, n)."""
+    if initial_state is None:
+        return x.new_zeros(x.shape[0], x.shape[2], A.shape[-1], dtype=torch.float32)
+    return initial_state.float()
+
+
+def skip_and_gate(y, x, D=None, z=None) -> torch.Tensor:
+    """y + D ⊙ x, then ⊙ SiLU(z), returned in x's dtype. y (b, l, d) in fp32."""
+    if D is not None:
+        y = y + D.float() * x.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(x.dtype)
 
 
 @ops.register("selective_scan", "reference")
@@ -50,112 +61,34 @@ def selective_scan(
     initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole sequence, one step at a time. Returns y (b, l, d) in x's dtype and the final state (b, d, n) in fp32."""
-    batch, _, channels = x.shape
-    out_dtype = x.dtype
-    x, dt, A, B, C = x.float(), dt.float(), A.float(), B.float(), C.float()
-    if dt_bias is not None:
-        dt = dt + dt_bias.float()
-    if dt_softplus:
-        dt = F.softplus(dt)
-    state = x.new_zeros(batch, channels, A.shape[-1]) if initial_state is None else initial_state.float()
-    inputs = (dt, dt * x, A, B, C, state)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        y, state = SelectiveScan.apply(*inputs)
-    else:
-        y, state, _ = scan_blocks(*inputs)
-    if D is not None:
-        y = y + D.float() * x
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(out_dtype), state
-
-
-def time_blocks(length: int) -> list[slice]:
-    return [slice(start, min(start + BLOCK, length)) for start in range(0, length, BLOCK)]
-
-
-def time_first(steps: slice, *tensors):
-    """Each (b, l, ...) tensor's block of steps, time first and contiguous: (T, b, ...). Contiguous, so that
-    the (T, b, d, n) tensors computed from them are laid out time first too (elementwise results copy
-    their inputs' layout) and the block's matmuls need not copy them."""
-    return [t[:, steps].transpose(0, 1).contiguous() for t in tensors]
-
-
-def scan_blocks(dt, dt_x, A, B, C, state, keep: bool = False):
-    """The recurrence, block by block. dt and dt_x = Δ ⊙ x (b, l, d); state h_0 (b, d, n).
-
-    Returns y = C · h (b, l, d), the final state h_l and, if `keep`, every block's (Ā, h), each (T, b, d, n).
-    """
-    outputs, kept = [], []
-    with torch.autocast(dt.device.type, enabled=False):  # fp32 math: autocast would run the readout in bf16
-        for steps in time_blocks(dt.shape[1]):
-            dt_block, dt_x_block, B_block, C_block = time_first(steps, dt, dt_x, B, C)
-            decays = torch.exp(dt_block[..., None] * A)  # Ā_t = exp(Δ_t A), (T, b, d, n)
-            inputs = dt_x_block[..., None] * B_block[:, :, None, :]  # B̄_t x_t = Δ_t x_t B_t, (T, b, d, n)
-            states = torch.empty_like(decays)
-            # per-step views made once by unbind, not indexed inside the loop (as in recurrence.py)
-            for input_t, decay_t, state_t in zip(inputs.unbind(0), decays.unbind(0), states.unbind(0)):
-                state = torch.addcmul(input_t, decay_t, state, out=state_t)  # h_t = Ā_t h_{t-1} + B̄_t x_t
-            outputs.append(torch.matmul(states, C_block[..., None])[..., 0])  # y_t = C_t · h_t, (T, b, d)
-            if keep:
-                kept.append((decays, states))
-    return torch.cat(outputs).transpose(0, 1), state.clone(), kept  # a copy of h_l, not a view into the last block
-
-
-class SelectiveScan(torch.autograd.Function):
-    """scan_blocks with its backward written out. The backward of the recurrence is the same recurrence,
-    run from the end: with g_t = ∂L/∂h_t in total (through y_t and through h_{t+1}),
-
-        g_t = C_t ⊗ ∂L/∂y_t + Ā_{t+1} ⊙ g_{t+1}        (after the last step, ∂L/∂h_l from the final state)
-
-    and every input's gradient is a product summed over the axis it does not have, a block at a time:
-        ∂L/∂C_t = Σ_d h_t ∂L/∂y_t        ∂L/∂B_t = Σ_d g_t Δ_t x_t        ∂L/∂(Δ_t x_t) = Σ_n g_t B_t
-        ∂L/∂(Δ_t A) = Ā_t ⊙ g_t ⊙ h_{t-1}, so ∂L/∂Δ_t = Σ_n (that) A and ∂L/∂A = Σ_{b, t} (that) Δ_t
-        ∂L/∂h_0 = Ā_1 ⊙ g_1
-    Like autograd's graph of a loop, it keeps every Ā_t and h_t for the backward.
-    """
-
-    @staticmethod
-    def forward(ctx, dt, dt_x, A, B, C, initial):
-        y, final, ctx.blocks = scan_blocks(dt, dt_x, A, B, C, initial, keep=True)
-        ctx.save_for_backward(dt, dt_x, A, B, C, initial)
-        return y, final
-
-    @staticmethod
-    def backward(ctx, grad_y, grad_final):
-        dt, dt_x, A, B, C, initial = ctx.saved_tensors
-        with torch.autocast(dt.device.type, enabled=False):  # fp32 math, as in the forward
-            grads = {"dt": [], "dt_x": [], "B": [], "C": []}  # per block, (T, b, d) or (T, b, n), last block first
-            grad_A = torch.zeros_like(A)
-            carry = grad_final  # Ā_{t+1} ⊙ g_{t+1}
-            blocks = time_blocks(dt.shape[1])
-            for k in reversed(range(len(blocks))):
-                decays, states = ctx.blocks[k]
-                previous = initial if k == 0 else ctx.blocks[k - 1][1][-1]  # h before the block's first step
-                dt_block, dt_x_block, B_block, C_block, grad_y_block = time_first(blocks[k], dt, dt_x, B, C, grad_y)
-                g = torch.empty_like(states)  # g_t, (T, b, d, n)
-                grad_log_decay = torch.empty_like(states)  # Ā_t ⊙ g_t, then times h_{t-1}
-                steps = zip(grad_y_block[..., None].unbind(0), C_block[:, :, None].unbind(0), decays.unbind(0),
-                            g.unbind(0), grad_log_decay.unbind(0))  # per-step views: (b, d, 1), (b, 1, n), (b, d, n) ...
-                for grad_y_t, C_t, decay_t, g_t, grad_log_decay_t in reversed(list(steps)):
-                    torch.addcmul(carry, grad_y_t, C_t, out=g_t)  # g_t = C_t ⊗ ∂L/∂y_t + Ā_{t+1} ⊙ g_{t+1}
-                    carry = torch.mul(decay_t, g_t, out=grad_log_decay_t)  # Ā_t ⊙ g_t
-                carry = carry.clone()  # the next block's carry, kept before grad_log_decay[0] changes
-                grad_log_decay[1:].mul_(states[:-1])
-                grad_log_decay[0].mul_(previous)
-                grads["dt"].append((grad_log_decay * A).sum(-1))
-                grad_A += (grad_log_decay * dt_block[..., None]).sum(dim=(0, 1))
-                grads["dt_x"].append(torch.matmul(g, B_block[..., None])[..., 0])
-                grads["B"].append(torch.matmul(dt_x_block[:, :, None, :], g)[:, :, 0])
-                grads["C"].append(torch.matmul(grad_y_block[:, :, None, :], states)[:, :, 0])
-            grad_dt, grad_dt_x, grad_B, grad_C = (torch.cat(per_block[::-1]).transpose(0, 1) for per_block in grads.values())
-            return grad_dt, grad_dt_x, grad_A, grad_B, grad_C, carry  # carry = ∂L/∂h_0
+    dt, h = step_sizes(dt, dt_bias, dt_softplus), initial_or_zeros(x, A, initial_state)
+    dt_x, A, B, C = dt * x.float(), A.float(), B.float(), C.float()  # Δ ⊙ x (b, l, d)
+    outputs = []
+    for t in range(x.shape[1]):
+        decay = torch.exp(dt[:, t, :, None] * A)  # Ā_t = exp(Δ_t A), (b, d, n)
+        h = decay * h + dt_x[:, t, :, None] * B[:, t, None, :]  # h_t = Ā_t h_{t-1} + Δ_t B_t x_t
+        outputs.append((h * C[:, t, None, :]).sum(-1))  # C_t · h_t, (b, d)
+    return skip_and_gate(torch.stack(outputs, dim=1), x, D, z), h
 
 
 def selective_scan_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     """One decode step: the scan of a single token. state (b, d, n); x, dt, z (b, d); B, C (b, n) -> y (b, d), new state."""
     y, state = selective_scan(
         x[:, None], dt[:, None], A, B[:, None], C[:, None], D, None if z is None else z[:, None],
-        dt_bias, dt_softplus, initial_state=state,
+        dt_bias, dt_softplus, state,
     )
     return y[:, 0], state
+
+
+def implicit_attention(delta, A, B, C) -> torch.Tensor:
+    """The S6 scan of one sequence written as a matrix (Ali et al. 2024, "The Hidden Attention of Mamba
+    Models"; lesson 1): y_t[d] = Σ_s M[d, t, s] x_s[d] before the D skip and the gate, with
+
+        M[d, t, s] = Σ_n C_t[n] · exp(Σ_{s<k≤t} Δ_k[d] A[d, n]) · Δ_s[d] B_s[n]   (s ≤ t; 0 above the diagonal)
+
+    delta (l, d), after the bias and softplus; A (d, n), negative; B, C (l, n) -> M (d, l, l).
+    The decay is a (d, n, l, l) tensor: for looking at short sequences, not for running the model.
+    """
+    log_decay = (delta[:, :, None] * A).permute(1, 2, 0)  # Δ_k[d] A[d, n], (d, n, l)
+    decay = torch.exp(segment_sum(log_decay))  # Π_{s<k≤t} Ā_k, (d, n, l, l)
+    return torch.einsum("nt,dnts,ns->dts", C.T, decay, B.T) * delta.T[:, None, :]

@@ -11,7 +11,9 @@ Unrolled, y = (L ∘ C Bᵀ)(Δ ⊙ x) with L[t, s] = α_{s+1} ⋯ α_t for s �
 decay mask (the quadratic form). The chunked algorithm uses the quadratic form inside chunks of
 length Q and the recurrence between chunks, which costs O(l·Q) instead of O(l²).
 
-The D skip connection and the output gate live in the mixer (mamba.py), not here.
+The D skip connection and the output gate live in the mixer (mamba.py), not here. All three forms
+are plain PyTorch, differentiated by autograd; the fast CPU form of the chunked algorithm is
+kernels/ssd/cpu.py, the Triton kernel kernels/ssd/triton.py.
 
 Shape glossary
   b  batch    l  length    h  heads    p  head dim    g  groups of B/C    k  heads per group (h/g)
@@ -21,6 +23,7 @@ Shape glossary
 """
 
 import torch
+import torch.nn.functional as F
 
 from . import ops
 
@@ -30,7 +33,7 @@ def _heads_from_groups(BC: torch.Tensor, n_heads: int) -> torch.Tensor:
     return BC.float().repeat_interleave(n_heads // BC.shape[2], dim=2)
 
 
-def _initial(x: torch.Tensor, n_state: int, initial_state: torch.Tensor | None) -> torch.Tensor:
+def initial_state_or_zeros(x: torch.Tensor, n_state: int, initial_state: torch.Tensor | None) -> torch.Tensor:
     batch, _, heads, head_dim = x.shape
     if initial_state is None:
         return x.new_zeros(batch, heads, head_dim, n_state, dtype=torch.float32)
@@ -49,7 +52,7 @@ def ssd_step(state, x, dt, A, B, C):
 
 def ssd_recurrent(x, dt, A, B, C, initial_state=None):
     """The recurrence, one step at a time. Returns y (b, l, h, p) in x's dtype, final state (b, h, p, n)."""
-    state = _initial(x, B.shape[-1], initial_state)
+    state = initial_state_or_zeros(x, B.shape[-1], initial_state)
     outputs = []
     for x_t, dt_t, B_t, C_t in zip(x.unbind(1), dt.unbind(1), B.unbind(1), C.unbind(1)):
         y, state = ssd_step(state, x_t, dt_t, A, B_t, C_t)
@@ -75,7 +78,7 @@ def ssd_quadratic(x, dt, A, B, C, initial_state=None):
     """y = (L ∘ C Bᵀ)(Δ ⊙ x) + C · (decay from the start) · S_0, as one masked (l × l) product per head."""
     heads = x.shape[2]
     B, C = _heads_from_groups(B, heads), _heads_from_groups(C, heads)
-    state = _initial(x, B.shape[-1], initial_state)
+    state = initial_state_or_zeros(x, B.shape[-1], initial_state)
     log_decay = (dt.float() * A.float()).transpose(1, 2)  # log α, (b, h, l)
     decay_matrix = torch.exp(segment_sum(log_decay))  # L, (b, h, l, l)
     scores = torch.einsum("bthn,bshn->bhts", C, B) * decay_matrix
@@ -88,85 +91,39 @@ def ssd_quadratic(x, dt, A, B, C, initial_state=None):
     return y.to(x.dtype), final
 
 
-class DecayMaskedScores(torch.autograd.Function):
-    """M = L ∘ C Bᵀ for each head of a group, with the chunk's decay mask L[t, s] = exp(cum_t - cum_s) for
-    s ≤ t and 0 above the diagonal, and the backward pass written out (G = ∂loss/∂M):
-
-        ∂loss/∂(C Bᵀ) = Σ over the group's heads of G ∘ L
-        ∂loss/∂cum_t  = Σ_s P[t, s] - Σ_s P[s, t]        with P = G ∘ M   (∂L[t, s]/∂cum_t = L[t, s] = -∂L[t, s]/∂cum_s)
-
-    These (Q × Q)-per-head tensors are the largest in the layer. Autograd, differentiating the
-    difference, the mask, the exp and the product one by one, makes five elementwise passes over them
-    where this backward makes two (G ∘ L, then P), besides the same sums.
-    Above the diagonal exp may overflow to inf; tril_ replaces it by 0 before anything uses it.
-    scores C Bᵀ (b, c, g, Q, Q); cum (b, c, g, k, Q) -> M (b, c, g, k, Q, Q).
-    """
-
-    @staticmethod
-    def forward(ctx, scores, cum):
-        decay_matrix = (cum[..., :, None] - cum[..., None, :]).exp_().tril_()  # L, (b, c, g, k, Q, Q)
-        ctx.save_for_backward(scores, decay_matrix)
-        return scores[:, :, :, None] * decay_matrix
-
-    @staticmethod
-    def backward(ctx, grad):
-        scores, decay_matrix = ctx.saved_tensors
-        grad_masked = grad * decay_matrix  # G ∘ L
-        grad_scores = grad_masked.sum(3)
-        product = grad_masked.mul_(scores[:, :, :, None])  # P = G ∘ L ∘ C Bᵀ, in place of G ∘ L
-        return grad_scores, product.sum(-1) - product.sum(-2)
-
-
 @ops.register("ssd", "reference")
 def ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=None):
-    """The four-step chunked algorithm (SSD paper §6). Any length: the tail is padded with Δ = 0,
-    which leaves the state untouched (α = 1, no input).
-
-    The k = h/g heads of a group share B and C, so C Bᵀ is formed once per group and the products with
-    B and C run over the group's heads side by side, never on copies of B and C repeated per head.
-    Inside a chunk the decay mask is L[t, s] = exp(cum_t - cum_s), with cum the cumulative log α
-    restarted at each chunk (as mamba_ssm's kernels compute it): exactly 1 on the diagonal, and the
-    sums stay as short as a chunk.
-    """
-    batch, length, heads, head_dim = x.shape
-    groups = B.shape[2]
-    per_group = heads // groups  # k
+    """The chunked algorithm (SSD paper §6, the four steps of its Listing 1): the quadratic form inside
+    chunks of Q positions, the recurrence between them. Any length: the tail is padded with Δ = 0, which
+    leaves the state untouched (α = 1, no input). Returns y (b, l, h, p) in x's dtype, final state (b, h, p, n)."""
+    length, heads = x.shape[1], x.shape[2]
     chunk = min(chunk_size, length)
     pad = -length % chunk
+    B, C = _heads_from_groups(B, heads), _heads_from_groups(C, heads)  # (b, l, h, n)
     dt_x = x.float() * dt.float()[..., None]  # Δ ⊙ x, (b, l, h, p)
     log_decay = dt.float() * A.float()  # log α, (b, l, h)
-    B, C = B.float(), C.float()
-    if pad:
-        dt_x, B, C = (torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad)) for t in (dt_x, B, C))
-        log_decay = torch.nn.functional.pad(log_decay, (0, 0, 0, pad))
-    n_chunks = (length + pad) // chunk
-    # Split the time axis into chunks, and the heads into g groups of k.
-    dt_x = dt_x.unflatten(1, (n_chunks, chunk)).unflatten(3, (groups, per_group))  # (b, c, Q, g, k, p)
-    log_decay = log_decay.unflatten(1, (n_chunks, chunk)).unflatten(3, (groups, per_group))  # (b, c, Q, g, k)
-    B, C = (t.unflatten(1, (n_chunks, chunk)) for t in (B, C))  # (b, c, Q, g, n)
-    cumulative = torch.cumsum(log_decay, dim=2)  # cum_t = log(α_1 ⋯ α_t) within each chunk, (b, c, Q, g, k)
+    # Pad the time axis to whole chunks, then split it: (b, l, ...) -> (b, c, Q, ...).
+    dt_x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)).unflatten(1, (-1, chunk)) for t in (dt_x, B, C))
+    log_decay = F.pad(log_decay, (0, 0, 0, pad)).unflatten(1, (-1, chunk)).movedim(3, 1)  # (b, h, c, Q)
+    cumulative = torch.cumsum(log_decay, dim=-1)  # log(α_1 ⋯ α_t) from the chunk's start, (b, h, c, Q)
 
-    # 1. Inside each chunk: the quadratic form (L ∘ C Bᵀ)(Δ ⊙ x).
-    cum = cumulative.movedim(2, -1).contiguous()  # (b, c, g, k, Q); contiguous, so that L and the products
-    # below come out in plain (..., Q, Q) layout rather than in the strides a moved axis would pass on
-    scores = torch.einsum("bctgn,bcsgn->bcgts", C, B)  # C Bᵀ, once per group, (b, c, g, Q, Q)
-    y_inside = torch.einsum("bcgkts,bcsgkp->bctgkp", DecayMaskedScores.apply(scores, cum), dt_x)
+    # 1. Inside each chunk: the quadratic form (L ∘ C Bᵀ)(Δ ⊙ x), with L[t, s] = α_{s+1} ⋯ α_t.
+    decay_matrix = torch.exp(segment_sum(log_decay))  # L, (b, h, c, Q, Q)
+    y_inside = torch.einsum("bcthn,bcshn,bhcts,bcshp->bcthp", C, B, decay_matrix, dt_x)
 
-    # 2. Each chunk's own contribution to the state at its end (starting from zero).
-    decay_to_chunk_end = torch.exp(cumulative[:, :, -1:] - cumulative)  # (b, c, Q, g, k)
-    chunk_states = torch.einsum("bcsgn,bcsgkp->bcgkpn", B, decay_to_chunk_end[..., None] * dt_x)
+    # 2. Each chunk's own contribution to the state at its end, starting from zero.
+    decay_to_chunk_end = torch.exp(cumulative[..., -1:] - cumulative)  # α_{s+1} ⋯ α_Q, (b, h, c, Q)
+    chunk_states = torch.einsum("bcshn,bhcs,bcshp->bchpn", B, decay_to_chunk_end, dt_x)
 
-    # 3. Across chunks: the recurrence S_start(c+1) = (decay over chunk c) · S_start(c) + chunk_states[c].
-    chunk_decay = torch.exp(cumulative[:, :, -1])  # (b, c, g, k)
-    state = _initial(x, B.shape[-1], initial_state).unflatten(1, (groups, per_group))  # (b, g, k, p, n)
-    start_states = []
-    for decay_c, states_c in zip(chunk_decay.unbind(1), chunk_states.unbind(1)):  # unbind: indexing [:, c] would
-        start_states.append(state)                                                # cost a full-size gradient per chunk
-        state = decay_c[..., None, None] * state + states_c
-    start_states = torch.stack(start_states, dim=1)  # (b, c, g, k, p, n)
+    # 3. Across chunks, the recurrence: S_start(c+1) = (α over chunk c) · S_start(c) + chunk_states[c].
+    state, start_states = initial_state_or_zeros(x, B.shape[-1], initial_state), []
+    for c in range(chunk_states.shape[1]):
+        start_states.append(state)
+        state = torch.exp(cumulative[:, :, c, -1])[..., None, None] * state + chunk_states[:, c]
+    start_states = torch.stack(start_states, dim=1)  # (b, c, h, p, n)
 
-    # 4. Each chunk's start state, read out by C and decayed to every position inside the chunk.
-    y_from_state = torch.einsum("bctgn,bcgkpn->bctgkp", C, start_states) * torch.exp(cumulative)[..., None]
+    # 4. Each chunk's start state, read out by C and decayed to every position of the chunk.
+    y_from_state = torch.einsum("bcthn,bchpn,bhct->bcthp", C, start_states, torch.exp(cumulative))
 
-    y = (y_inside + y_from_state).flatten(3, 4).flatten(1, 2)[:, :length]  # (b, l, h, p)
-    return y.to(x.dtype), state.flatten(1, 2)
+    y = (y_inside + y_from_state).flatten(1, 2)[:, :length]  # (b, l, h, p)
+    return y.to(x.dtype), state

@@ -1,11 +1,12 @@
-"""The attention analyses of nanohybrid/analysis.py: Hymba's Meta/BOS/Self/Cross categories on maps whose
+"""The attention analyses of nanohybrid/tools/analysis.py: Hymba's Meta/BOS/Self/Cross categories on maps whose
 shares are known in closed form, and the S6 implicit attention matrix against the scan it unrolls."""
 
 import torch
 
-from nanohybrid.analysis import CATEGORIES, attention_categories, implicit_attention, implicit_attention_map
+from nanohybrid.scan import implicit_attention
+from nanohybrid.tools.analysis import CATEGORIES, attention_categories, implicit_attention_map
 from nanohybrid.scan import selective_scan
-from nanohybrid.testing import SAME_MATH, assert_close
+from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 N_META, N_REAL = 3, 9
 EXACT = 1e-6  # shares are means of a few dozen fp32 sums of fractions: rounding only

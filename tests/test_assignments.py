@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from lessons.assignments import grade
-from nanohybrid import ops, parity
-from nanohybrid.parity import Check
+from nanohybrid import ops
+from nanohybrid.tools import parity
+from nanohybrid.tools.parity import Check
 
 REPO = Path(__file__).resolve().parent.parent
 STUDENTS = "tests/students"

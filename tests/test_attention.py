@@ -9,7 +9,7 @@ from nanohybrid.attention import attention_mask, scaled_dot_product_attention
 from nanohybrid.cache import ForwardContext
 from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
-from nanohybrid.testing import SAME_MATH, assert_close
+from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 
 def stream(length):
@@ -103,7 +103,7 @@ def test_consumer_attends_to_its_producers_keys_and_values():
 def test_sdpa_takes_its_causal_path_only_for_the_plain_lower_triangle():
     """The parity suite's causal case runs SDPA's is_causal path; documents, a window that cuts, a
     decode call or a ring buffer must build the mask."""
-    from nanohybrid.attention import plainly_causal
+    from kernels.attention.sdpa import plainly_causal
 
     index, one_document = torch.arange(12).expand(2, 12), torch.zeros(2, 12, dtype=torch.long)
     assert plainly_causal(index, index, one_document, None)
@@ -122,7 +122,8 @@ def test_long_prefill_runs_block_by_block_and_matches_the_reference(monkeypatch,
     """attention_sdpa's blocked path (query_blocks), with blocks of 8 queries: meta tokens (in the call, or
     cached before it), two documents and GQA, with and without a window, against the reference; each block
     reads only the keys it can see."""
-    from nanohybrid import attention as module
+    import kernels.attention.sdpa as module
+    from nanohybrid.attention import attention
 
     monkeypatch.setattr(module, "QUERY_BLOCK", 8)
     torch.manual_seed(0)
@@ -133,7 +134,7 @@ def test_long_prefill_runs_block_by_block_and_matches_the_reference(monkeypatch,
     query_document = key_document[:, s - query_index.shape[1] :]
     q, k, v = torch.randn(b, h, query_index.shape[1], hd), torch.randn(b, h_kv, s, hd), torch.randn(b, h_kv, s, hd)
     arguments = (query_index, key_index, query_document, key_document, max_distance, n_meta, hd**-0.5)
-    assert_close(module.attention_sdpa(q, k, v, *arguments), module.attention(q, k, v, *arguments), SAME_MATH, "blocked")
+    assert_close(module.attention_sdpa(q, k, v, *arguments), attention(q, k, v, *arguments), SAME_MATH, "blocked")
     blocks = module.query_blocks(query_index, key_index, max_distance, n_meta, 8)
     assert len(blocks) == -(-query_index.shape[1] // 8)
     if max_distance is not None:
@@ -145,7 +146,8 @@ def test_long_prefill_runs_block_by_block_and_matches_the_reference(monkeypatch,
 def test_a_window_runs_in_blocks_of_about_its_size_with_the_reference_gradients(monkeypatch):
     """A training call with a sliding window (documents and meta tokens included) goes through query
     blocks of max(window, MIN_WINDOW_BLOCK) queries, and its output and gradients equal the reference's."""
-    from nanohybrid import attention as module
+    import kernels.attention.sdpa as module
+    from nanohybrid.attention import attention
 
     monkeypatch.setattr(module, "MIN_WINDOW_BLOCK", 4)
     sizes = []
@@ -160,7 +162,7 @@ def test_a_window_runs_in_blocks_of_about_its_size_with_the_reference_gradients(
     grad = torch.randn(b, h, s, hd)
     blocked = torch.autograd.grad(module.attention_sdpa(*inputs, *arguments), inputs, grad)
     assert sizes == [max_distance]
-    reference = torch.autograd.grad(module.attention(*inputs, *arguments), inputs, grad)
+    reference = torch.autograd.grad(attention(*inputs, *arguments), inputs, grad)
     for name, ours, expected in zip("qkv", blocked, reference):
         assert_close(ours, expected, SAME_MATH, f"gradient of {name}")
 

@@ -6,12 +6,12 @@ published cache sizes come out of that formula; the meta-token prefix is compute
 import pytest
 import torch
 
-from nanohybrid.analysis import cache_bytes, published_cache_table
+from nanohybrid.tools.analysis import cache_bytes, published_cache_table
 from nanohybrid.cache import InferenceCache
 from nanohybrid.config import ARCHITECTURES, get_config
 from nanohybrid.generate import decode, prefill, prefill_prompts
 from nanohybrid.model import LanguageModel
-from nanohybrid.testing import SAME_MATH, assert_close
+from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 TINY = [f"{arch}-tiny" for arch in ARCHITECTURES]
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from nanohybrid import data
-from nanohybrid.tokenizer import ByteTokenizer, HuggingFaceTokenizer, load_tokenizer
+from nanohybrid.tools import data
+from nanohybrid.tools.tokenizer import ByteTokenizer, HuggingFaceTokenizer, load_tokenizer
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from nanohybrid.config import get_config
-from nanohybrid.evaluate import PAPER_COLUMNS, harness_model, main, paper_table
+from nanohybrid.tools.evaluate import PAPER_COLUMNS, harness_model, main, paper_table
 from nanohybrid.model import LanguageModel
-from nanohybrid.tokenizer import ByteTokenizer
-from nanohybrid.training import make_optimizer, save_checkpoint
+from nanohybrid.tools.tokenizer import ByteTokenizer
+from nanohybrid.tools.training import make_optimizer, save_checkpoint
 
 pytest.importorskip("lm_eval", reason="the evaluation entry point needs lm-eval (pip install lm-eval)")
 from lm_eval.api.instance import Instance  # noqa: E402

@@ -7,7 +7,7 @@ from nanohybrid.attention import AttentionCore
 from nanohybrid.cache import ForwardContext, InferenceCache
 from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
-from nanohybrid.testing import SAME_MATH, assert_close
+from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 
 def test_hymba_paper_layout_matches_the_released_1_5b():

@@ -1,13 +1,15 @@
-"""Every registered implementation of every op against the readable reference (nanohybrid/parity.py):
-outputs, final states and every input gradient, on odd lengths, several heads and groups, non-zero
-initial states, with fresh allocations poisoned with NaN. On CPU the Triton kernels run in Triton's
-interpreter in fp32 (bound 1e-4); on a GPU they also run in bf16 (bound: 2x PyTorch's own bf16 error)."""
+"""The ladder tested as one: every registered implementation of every op (the CPU fast paths, SDPA, the
+Triton kernels) against the readable reference (nanohybrid/tools/parity.py): outputs, final states and
+every input gradient, on odd lengths, several heads and groups, non-zero initial states, with fresh
+allocations poisoned with NaN; then whole models on each rung against the model on the references. On
+CPU the Triton kernels run in Triton's interpreter in fp32 (bound 1e-4); on a GPU they also run in bf16
+(bound: 2x PyTorch's own bf16 error)."""
 
 import pytest
 import torch
 
 from nanohybrid import ops
-from nanohybrid.parity import check_implementation
+from nanohybrid.tools.parity import check_implementation
 
 ops.load_backends()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -30,18 +32,26 @@ def test_implementation_matches_the_reference(op, name, dtype):
     assert checks and not failures, "\n" + "\n".join(failures)
 
 
-TRITON_OPS = [op for op in ops.OPS if "triton" in ops.implementations(op)]
+def rung(*names) -> dict[str, str]:
+    """The selection that puts every op that has one of these implementations on it."""
+    return {op: name for op in ops.OPS for name in names if name in ops.implementations(op)}
 
 
-@pytest.mark.parametrize("arch", ["hymba", "jamba", "griffin", "hawk", "samba", "mamba2", "mamba2-ffn", "llama3", "mamba"])
-def test_every_tiny_preset_runs_forward_and_backward_on_the_kernels(arch):
-    """The whole model with every Triton kernel selected: logits and every parameter gradient match the
-    reference path (fp32; bound KERNEL_FP32, as each kernel's own parity)."""
+RUNGS = {"cpu": rung("cpu", "sdpa"), "triton": rung("triton")}
+ARCHS = ["hymba", "jamba", "griffin", "hawk", "samba", "mamba2", "mamba2-ffn", "llama3", "mamba"]
+
+
+@pytest.mark.parametrize("rung", RUNGS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_tiny_preset_runs_forward_and_backward_on_each_rung(arch, rung):
+    """The whole model with every op on one rung (the CPU fast paths, or the Triton kernels): logits and
+    every parameter gradient match the model on the readable references (fp32; bound KERNEL_FP32, as each
+    kernel's own parity)."""
     from nanohybrid.config import get_config
     from nanohybrid.model import LanguageModel
-    from nanohybrid.parity import assert_model_matches_reference
+    from nanohybrid.tools.parity import assert_model_matches_reference
 
     torch.manual_seed(0)
     model = LanguageModel(get_config(f"{arch}-tiny")).to(DEVICE)
     tokens = torch.randint(0, 320, (1, 11), device=DEVICE)  # the interpreter runs each program in Python: keep it short
-    assert_model_matches_reference(model, tokens, dict.fromkeys(TRITON_OPS, "triton"))
+    assert_model_matches_reference(model, tokens, RUNGS[rung])

@@ -1,35 +1,44 @@
-"""RMSNorm, RoPE, gated MLPs and the causal conv, each checked against its defining equation."""
+"""RMSNorm, RoPE, gated MLPs and the causal conv, each checked against its defining equation; the norm and
+the conv on both rungs (the reference, and the CPU fast path with its backward written out)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nanohybrid.layers import CausalConv1d, GatedMLP, RMSNorm, RotaryEmbedding, causal_conv1d, split_linear
-from nanohybrid.testing import SAME_MATH, assert_close
+from nanohybrid import ops
+from nanohybrid.layers import CausalConv1d, GatedMLP, RMSNorm, RotaryEmbedding
+from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 
-@pytest.mark.parametrize("grad", [True, False], ids=["RMSNormFunction", "no_grad"])
+RUNGS = ["reference", "cpu"]
+
+
+@pytest.mark.parametrize("rung", RUNGS)
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 @pytest.mark.parametrize("offset", [False, True])
-def test_rmsnorm_matches_its_equation(offset, grad):
+def test_rmsnorm_matches_its_equation(offset, grad, rung):
     torch.manual_seed(0)
     norm = RMSNorm(16, eps=1e-6, offset=offset)
     torch.nn.init.normal_(norm.weight)
     x = torch.randn(3, 5, 16)
     scale = 1 + norm.weight if offset else norm.weight
     expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * scale
-    with torch.set_grad_enabled(grad):
+    with torch.set_grad_enabled(grad), ops.use(rms_norm=rung):
         assert_close(norm(x), expected, SAME_MATH, "rmsnorm")
 
 
+@pytest.mark.parametrize("rung", RUNGS)
 @pytest.mark.parametrize("offset, group_size", [(False, None), (True, None), (False, 4)])
-def test_rmsnorm_backward_written_out_passes_gradcheck(offset, group_size):
-    """RMSNormFunction's backward against finite differences in fp64, for the plain, Gemma and grouped norms."""
+def test_rmsnorm_backward_passes_gradcheck(offset, group_size, rung):
+    """The backward (the CPU path's written out, RMSNormFunction) against finite differences in fp64, for the
+    plain, Gemma and grouped norms."""
     torch.manual_seed(0)
     norm = RMSNorm(12, eps=1e-6, offset=offset, group_size=group_size).double()
     torch.nn.init.normal_(norm.weight)
     x = torch.randn(2, 3, 12, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, weight: torch.func.functional_call(norm, {"weight": weight}, (x,)),
-                                    (x, norm.weight))
+    with ops.use(rms_norm=rung):
+        assert torch.autograd.gradcheck(lambda x, weight: torch.func.functional_call(norm, {"weight": weight}, (x,)),
+                                        (x, norm.weight))
 
 
 def test_gemma_rmsnorm_starts_as_identity_scale():
@@ -92,12 +101,13 @@ def test_gated_mlp_matches_its_equation(activation):
     assert_close(mlp(x), mlp.down_proj(act * mlp.up_proj(x)), SAME_MATH, activation)
 
 
-@pytest.mark.parametrize("grad", [True, False], ids=["ShiftedTaps", "no_grad"])
-def test_causal_conv_matches_a_loop_over_taps(grad):
+@pytest.mark.parametrize("rung", RUNGS)
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+def test_causal_conv_matches_a_loop_over_taps(grad, rung):
     torch.manual_seed(0)
     conv = CausalConv1d(6, kernel_size=4)
     x = torch.randn(2, 9, 6)
-    with torch.set_grad_enabled(grad):
+    with torch.set_grad_enabled(grad), ops.use(causal_conv1d=rung):
         y, _ = conv(x)
     padded = F.pad(x, (0, 0, 3, 0))  # three zeros before the first token
     expected = conv.bias + sum(padded[:, k : k + 9] * conv.weight[:, 0, k] for k in range(4))
@@ -119,10 +129,12 @@ def test_causal_conv_continues_from_its_state_and_decodes_one_token_at_a_time():
     assert torch.equal(full_state, x[:, -3:].transpose(1, 2))
 
 
+@pytest.mark.parametrize("rung", RUNGS)
 @pytest.mark.parametrize("documents", [False, True])
-def test_causal_conv_backward_written_out_passes_gradcheck(documents):
-    """ShiftedTaps' backward (the anti-causal taps, and each tap's sum over batch and time) against
-    finite differences in fp64, through the bias, the initial state, the final state and document cuts."""
+def test_causal_conv_backward_passes_gradcheck(documents, rung):
+    """The backward (the CPU path's written out, ShiftedTaps: the anti-causal taps, and each tap's sum over
+    batch and time) against finite differences in fp64, through the bias, the initial state, the final
+    state and document cuts."""
     torch.manual_seed(0)
     batch, length, channels, width = 2, 9, 3, 4
     starts = torch.zeros(batch, length, dtype=torch.bool)
@@ -130,16 +142,10 @@ def test_causal_conv_backward_written_out_passes_gradcheck(documents):
         starts[0, 2] = starts[1, 0] = starts[1, 7] = True  # one cut inside the first taps, one near the end
 
     def conv(x, weight, bias, initial_state):  # -> y and the final state
-        return causal_conv1d(x, weight, bias, initial_state, starts if documents else None)
+        return ops.resolve("causal_conv1d", rung).function(x, weight, bias, initial_state,
+                                                             starts if documents else None)
 
     inputs = (torch.randn(batch, length, channels), torch.randn(channels, width), torch.randn(channels),
               torch.randn(batch, channels, width - 1))
     inputs = tuple(t.double().requires_grad_() for t in inputs)
     assert torch.autograd.gradcheck(conv, inputs)
-
-
-def test_split_linear_is_the_split_product():
-    torch.manual_seed(0)
-    x, weight = torch.randn(2, 5, 8), torch.randn(11, 8)
-    for part, expected in zip(split_linear(x, weight, [4, 6, 1]), F.linear(x, weight).split([4, 6, 1], dim=-1)):
-        assert_close(part, expected, SAME_MATH, "split_linear")

@@ -7,7 +7,7 @@ import torch
 from nanohybrid.cache import ForwardContext, InferenceCache, RecurrentState
 from nanohybrid.config import ARCHITECTURES, PRESETS, get_config
 from nanohybrid.model import LanguageModel
-from nanohybrid.testing import SAME_MATH, assert_close
+from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 TRAINABLE_PRESETS = [name for name in PRESETS if not name.endswith(("-paper", "-paper-3b"))]
 TINY = [f"{arch}-tiny" for arch in ARCHITECTURES]

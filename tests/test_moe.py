@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
 from nanohybrid.moe import MixtureOfExperts, load_balancing_loss, moe_experts, route
-from nanohybrid.testing import SAME_MATH, assert_close
+from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 
 def test_route_takes_softmax_then_top_k_without_renormalising():

@@ -6,7 +6,7 @@ import torch
 
 from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
-from nanohybrid.mqar import IGNORE, mqar_accuracy, mqar_batch
+from nanohybrid.tools.mqar import IGNORE, mqar_accuracy, mqar_batch
 
 
 def test_every_answer_is_the_value_paired_with_the_queried_key():
@@ -44,7 +44,7 @@ def test_a_two_layer_attention_model_learns_it():
 def test_orderings_are_read_against_the_paper():
     """Kendall's τ: 1 for the same order, -1 reversed, 1/3 with one of three pairs swapped; a run whose
     val losses follow Table 3's perplexities and whose recall follows its recall average agrees with it fully."""
-    from nanohybrid.compare import MQAR_SETTINGS, PAPER_TABLE_3, kendall_tau, orderings
+    from nanohybrid.tools.compare import MQAR_SETTINGS, PAPER_TABLE_3, kendall_tau, orderings
 
     assert kendall_tau(list("abc"), list("abc")) == 1 and kendall_tau(list("abc"), list("cba")) == -1
     assert kendall_tau(list("abc"), list("acb")) == pytest.approx(1 / 3)

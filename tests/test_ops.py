@@ -11,8 +11,8 @@ import torch
 from nanohybrid import ops
 from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
-from nanohybrid.parity import check_implementation
-from nanohybrid.testing import SAME_MATH, assert_close
+from nanohybrid.tools.parity import check_implementation
+from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 REPO = Path(__file__).resolve().parent.parent
 STUDENTS = REPO / "tests" / "students"
@@ -23,8 +23,30 @@ def selected(op, device="cpu", dtype=torch.float32):
     return ops.select(op, device, dtype).name
 
 
-def test_cpu_defaults_are_the_reference_and_sdpa_for_attention():
-    assert [selected(op) for op in ops.OPS] == ["reference", "reference", "reference", "sdpa", "reference", "reference"]
+def test_cpu_defaults_are_the_cpu_fast_paths_sdpa_for_attention_else_the_reference():
+    expected = {"selective_scan": "cpu", "ssd": "cpu", "rglru_scan": "cpu", "attention": "sdpa",
+                "moe_experts": "reference", "causal_conv1d": "cpu", "rms_norm": "cpu"}
+    assert {op: selected(op) for op in ops.OPS} == expected
+
+
+def test_every_cpu_fast_path_sits_beside_its_reference():
+    """kernels/<op>/cpu.py registers as "cpu", one rung above the reference of nanohybrid/, for every op that has one."""
+    for op in ops.OPS:
+        implementations = ops.implementations(op)
+        assert implementations["reference"].function.__module__.startswith("nanohybrid.")
+        for name in ("cpu", "sdpa"):
+            if name in implementations:
+                assert implementations[name].function.__module__ == f"kernels.{op}.{name}"
+
+
+def test_importing_nanohybrid_leaves_subnormals_alone_and_the_first_cpu_selection_flushes_them():
+    """torch.set_flush_denormal is a process-wide setting: ops sets it where an implementation is chosen
+    for a CPU call, not as a side effect of `import nanohybrid`."""
+    script = ("import torch, nanohybrid; from nanohybrid import ops\n"
+              "subnormal = lambda: (torch.tensor([1e-39]) * 1.0).item() != 0.0\n"
+              "before = subnormal(); ops.select('rglru_scan', 'cpu', torch.float32); print(before, subnormal())")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert result.stdout.split() == ["True", "False"], result.stderr
 
 
 def test_context_manager_selects_and_restores():

@@ -6,7 +6,7 @@ layers and a SwiGLU MLP on the even ones. HF is initialised, its norms, biases, 
 perturbed (they start at ones, zeros or log(1..N)) and its router weights scaled up tenfold (so the
 top-k weights are far from uniform), then everything is copied into ours.
 
-Compared, each with relative error ‖ours − HF‖ / ‖HF‖ <= SAME_MATH = 1e-5 (nanohybrid/testing.py):
+Compared, each with relative error ‖ours − HF‖ / ‖HF‖ <= SAME_MATH = 1e-5 (nanohybrid/tools/testing.py):
   - logits (b, l, V);
   - the router logits (b·l, n) of every MoE layer, in layer order;
   - the load-balancing loss pooled over all MoE layers (HF `aux_loss`, output_router_logits=True);
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import nanohybrid.moe
 from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
-from nanohybrid.testing import SAME_MATH, assert_close, relative_error
+from nanohybrid.tools.testing import SAME_MATH, assert_close, relative_error
 from tests.oracles import assert_every_parameter_copied, modeling_jamba, transformers
 
 AUX_COEF = 0.1

@@ -7,7 +7,7 @@ norm eps are the default of neither side, so both configs must pass them through
 
 Compared: logits, the loss (HF shifts the labels itself; ours takes targets already shifted) and the
 gradient of every parameter, by relative error ‖ours − HF‖ / ‖HF‖ <= SAME_MATH = 1e-5
-(nanohybrid/testing.py). Both sides compute the same fp32 equations in a different order, which costs
+(nanohybrid/tools/testing.py). Both sides compute the same fp32 equations in a different order, which costs
 about 2e-7 on the logits and 6e-7 on the gradients here; a wrong mapping, RoPE base, eps or window
 costs 1e-3 or more. A window of the other convention ("distance": one key more) misses Mistral by 0.27.
 """
@@ -17,7 +17,7 @@ import torch
 
 from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
-from nanohybrid.testing import SAME_MATH, assert_close, relative_error
+from nanohybrid.tools.testing import SAME_MATH, assert_close, relative_error
 from tests.oracles import assert_every_parameter_copied, modeling_llama, modeling_mistral, transformers
 
 SIZES = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,

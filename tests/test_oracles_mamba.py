@@ -14,7 +14,7 @@ and an initial state against `ssd_minimal_discrete`, which wants inputs discreti
 per head and a length divisible by its chunk; at 19 tokens the oracle runs padded to 24 with Δ = 0,
 which leaves its state untouched.
 
-Bound: relative error ‖ours − oracle‖ / ‖oracle‖ <= SAME_MATH = 1e-5 (nanohybrid/testing.py): the
+Bound: relative error ‖ours − oracle‖ / ‖oracle‖ <= SAME_MATH = 1e-5 (nanohybrid/tools/testing.py): the
 same equations in another order. The last two tests show the checks bite: a wrong convention (x/z
 order, ungrouped gated norm, B and C swapped, groups tiled instead of shared by consecutive heads, a
 dropped initial state) misses by more than MATERIAL = 1e-3.
@@ -30,7 +30,7 @@ from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
 from nanohybrid.scan import selective_scan
 from nanohybrid.ssd import ssd_chunked, ssd_quadratic
-from nanohybrid.testing import SAME_MATH, assert_close, relative_error
+from nanohybrid.tools.testing import SAME_MATH, assert_close, relative_error
 from tests.oracles import (assert_every_parameter_copied, import_mamba_ssm_references, modeling_mamba,
                            modeling_mamba2, transformers)
 

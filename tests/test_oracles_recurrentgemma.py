@@ -10,7 +10,7 @@ the logits too small for the cap to bend them); its norm weights and all biases,
 are perturbed, and its q/k/o projections scaled by 3 so that the one attention layer moves the logits
 enough for its window and RoPE conventions to show; then everything is copied into ours.
 
-Compared, each with relative error ‖ours − HF‖ / ‖HF‖ <= SAME_MATH = 1e-5 (nanohybrid/testing.py):
+Compared, each with relative error ‖ours − HF‖ / ‖HF‖ <= SAME_MATH = 1e-5 (nanohybrid/tools/testing.py):
   - logits on 24 tokens (3 windows), with default positions;
   - logits with a document reset (a 0 in the middle of position_ids): RG-LRU state reset, RoPE
     positions restarting and attention confined to the document;
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 import nanohybrid.rglru
 from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
-from nanohybrid.testing import SAME_MATH, assert_close, relative_error
+from nanohybrid.tools.testing import SAME_MATH, assert_close, relative_error
 from tests.oracles import assert_every_parameter_copied, modeling_recurrent_gemma, transformers
 
 D_MODEL, VOCAB, WINDOW, LENGTH, RESET_AT = 64, 128, 8, 24, 13

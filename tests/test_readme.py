@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from nanohybrid.analysis import preset_table
+from nanohybrid.tools.analysis import preset_table
 
 
 def test_readme_preset_table_is_current():
     readme = Path(__file__).resolve().parent.parent / "README.md"
-    assert preset_table() in readme.read_text(), "README preset table is stale: python -m nanohybrid.analysis presets"
+    assert preset_table() in readme.read_text(), "README preset table is stale: python -m nanohybrid.tools.analysis presets"

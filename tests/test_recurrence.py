@@ -1,10 +1,11 @@
-"""The linear recurrence's hand-written backward against autograd (nanohybrid/recurrence.py)."""
+"""The RG-LRU's CPU fast path: the linear recurrence's written-out backward (kernels/rglru_scan/cpu.py)
+against finite differences in fp64 and against the plain loop under autograd."""
 
 import pytest
 import torch
 
-from nanohybrid.recurrence import linear_recurrence
-from nanohybrid.testing import SAME_MATH, assert_close
+from kernels.rglru_scan.cpu import LinearRecurrence
+from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 
 def unrolled(a, x, initial):
@@ -27,7 +28,7 @@ def inputs(*shape, dtype=torch.float64):
 @pytest.mark.parametrize("shape", [(2, 7, 3), (2, 5, 3, 4), (1, 1, 2)], ids=["channels", "two-channel-axes", "one-step"])
 def test_gradients_pass_gradcheck_in_fp64(shape):
     """Finite differences in fp64 check every gradient: ∂L/∂a, ∂L/∂x and ∂L/∂h_0."""
-    assert torch.autograd.gradcheck(linear_recurrence, inputs(*shape))
+    assert torch.autograd.gradcheck(LinearRecurrence.apply, inputs(*shape))
 
 
 def test_matches_the_unrolled_loop_under_autograd_in_fp32():
@@ -35,7 +36,7 @@ def test_matches_the_unrolled_loop_under_autograd_in_fp32():
     grad = torch.randn(3, 64, 16, generator=torch.Generator().manual_seed(1))
     expected = unrolled(a, x, initial)
     expected_grads = torch.autograd.grad(expected, (a, x, initial), grad)
-    states = linear_recurrence(a, x, initial)
+    states = LinearRecurrence.apply(a, x, initial)
     grads = torch.autograd.grad(states, (a, x, initial), grad)
     assert_close(states, expected, SAME_MATH, name="states")
     for name, actual, wanted in zip(("a", "x", "initial"), grads, expected_grads):
@@ -45,7 +46,7 @@ def test_matches_the_unrolled_loop_under_autograd_in_fp32():
 def test_the_final_state_gradient_reaches_every_input():
     """A loss on h_l alone: its gradient must flow back through all l steps, to h_0."""
     a, x, initial = inputs(2, 6, 3)
-    linear_recurrence(a, x, initial)[:, -1].sum().backward()
+    LinearRecurrence.apply(a, x, initial)[:, -1].sum().backward()
     expected_initial = a.detach().prod(dim=1)  # ∂h_l/∂h_0 = a_1 ⋯ a_l
     assert_close(initial.grad, expected_initial, SAME_MATH, name="grad initial")
     assert (x.grad[:, 0] != 0).all() and (a.grad[:, 0] != 0).all()

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from nanohybrid.rglru import GATE_CONSTANT, RGLRU, SqrtBoundedGradient, rglru_scan, rglru_step
-from nanohybrid.testing import SAME_MATH, assert_close
+from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 
 def rglru_by_the_equations(module: RGLRU, x, reset, h0):

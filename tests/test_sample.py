@@ -11,7 +11,7 @@ import torch
 import sample
 from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
-from nanohybrid.training import make_optimizer, save_checkpoint
+from nanohybrid.tools.training import make_optimizer, save_checkpoint
 
 
 def run(capsys, *argv):

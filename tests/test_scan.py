@@ -1,4 +1,5 @@
-"""Mamba-1 selective scan: the loop against the unrolled closed form, continuation from a state, one step.
+"""Mamba-1 selective scan: the reference loop and the CPU fast path against the unrolled closed form,
+continuation from a state, one step, bf16 autocast; the CPU path's written-out backward in fp64.
 
 The closed form (Hymba §2.1's implicit attention) writes every output as a weighted sum over past inputs,
 
@@ -11,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanohybrid import scan
-from nanohybrid.scan import SelectiveScan, selective_scan, selective_scan_step
-from nanohybrid.testing import SAME_MATH, assert_close
+import kernels.selective_scan.cpu as blocked
+from nanohybrid.scan import selective_scan, selective_scan_step
+from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 
 def closed_form(x, dt, A, B, C, D, z, initial_state):
@@ -45,12 +46,17 @@ def random_inputs(batch=2, length=13, channels=6, state=4, seed=0):
     )
 
 
-@pytest.mark.parametrize("block", [scan.BLOCK, 4], ids=["one-block", "blocks-of-4"])
-def test_loop_matches_closed_form_outputs_state_and_every_gradient(block, monkeypatch):
-    """13 steps: one block, or three blocks of 4 and a last one of 1 step (the backward's carry between blocks)."""
-    monkeypatch.setattr(scan, "BLOCK", block)
+FORMS = {"reference": (selective_scan, None), "cpu, one block": (blocked.selective_scan, blocked.BLOCK),
+         "cpu, blocks of 4": (blocked.selective_scan, 4)}  # 13 steps: 3 blocks of 4 and one of 1 (the carry between blocks)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_scan_matches_closed_form_outputs_state_and_every_gradient(form, monkeypatch):
+    function, block = FORMS[form]
+    if block is not None:
+        monkeypatch.setattr(blocked, "BLOCK", block)
     inputs = {name: t.requires_grad_() for name, t in random_inputs().items()}
-    y, final = selective_scan(**inputs)
+    y, final = function(**inputs)
     expected_y, expected_final = closed_form(**inputs)
     assert_close(y, expected_y, SAME_MATH, "y")
     assert_close(final, expected_final, SAME_MATH, "final state")
@@ -95,23 +101,24 @@ def test_single_step_advances_the_state_by_one_token():
 
 
 def test_written_out_backward_passes_gradcheck_in_fp64(monkeypatch):
-    """Finite differences in fp64 check SelectiveScan's backward for every input, across blocks of 3 steps."""
-    monkeypatch.setattr(scan, "BLOCK", 3)
+    """Finite differences in fp64 check the CPU path's SelectiveScan backward for every input, across blocks of 3 steps."""
+    monkeypatch.setattr(blocked, "BLOCK", 3)
     inputs = random_inputs(batch=2, length=7, channels=3, state=2)
     dt, x = inputs["dt"].double(), inputs["x"].double()
     leaves = [t.double().requires_grad_() for t in (dt, dt * x, inputs["A"], inputs["B"], inputs["C"],
                                                     inputs["initial_state"])]
-    assert torch.autograd.gradcheck(SelectiveScan.apply, leaves)
+    assert torch.autograd.gradcheck(blocked.SelectiveScan.apply, leaves)
 
 
-def test_bf16_autocast_leaves_the_scan_in_fp32():
-    """Under autocast (bf16 training on a CPU) the scan still computes in fp32, forward and backward: its
-    readout and its backward's sums are products that autocast would otherwise run in bf16."""
+@pytest.mark.parametrize("function", [selective_scan, blocked.selective_scan], ids=["reference", "cpu"])
+def test_bf16_autocast_leaves_the_scan_in_fp32(function):
+    """Under autocast (bf16 training on a CPU) the scan still computes in fp32, forward and backward: the CPU
+    path's readout and its backward's sums are products that autocast would otherwise run in bf16."""
     inputs = {name: t.requires_grad_() for name, t in random_inputs(length=20).items()}
     results = []
     for autocast in (False, True):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            y, final = selective_scan(**inputs)
+            y, final = function(**inputs)
             grads = torch.autograd.grad(y.sum() + final.sum(), list(inputs.values()))
         results.append((y, final, *grads))
     for name, actual, expected in zip(["y", "final", *inputs], results[1], results[0]):

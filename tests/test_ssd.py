@@ -1,12 +1,15 @@
-"""Mamba-2 SSD: the recurrence, the quadratic form and the chunked algorithm give the same outputs,
-final states and gradients, from non-zero initial states, at lengths that are not multiples of the chunk."""
+"""Mamba-2 SSD: the recurrence, the quadratic form, the chunked algorithm and its CPU fast path give the
+same outputs, final states and gradients, from non-zero initial states, at lengths that are not multiples
+of the chunk; the CPU path's decay chain (DecayMaskedScores) against finite differences and overflow."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nanohybrid.ssd import DecayMaskedScores, segment_sum, ssd_chunked, ssd_quadratic, ssd_recurrent, ssd_step
-from nanohybrid.testing import SAME_MATH, assert_close
+import kernels.ssd.cpu as cpu
+from kernels.ssd.cpu import DecayMaskedScores
+from nanohybrid.ssd import segment_sum, ssd_chunked, ssd_quadratic, ssd_recurrent, ssd_step
+from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 
 def random_inputs(batch=2, length=21, heads=4, head_dim=3, groups=2, state=5, seed=0):
@@ -28,6 +31,8 @@ FORMS = {
     "chunked by 4": lambda **kw: ssd_chunked(**kw, chunk_size=4),
     "chunked by 8": lambda **kw: ssd_chunked(**kw, chunk_size=8),
     "one chunk": lambda **kw: ssd_chunked(**kw, chunk_size=64),
+    "cpu, chunked by 4": lambda **kw: cpu.ssd_chunked(**kw, chunk_size=4),
+    "cpu, one chunk": lambda **kw: cpu.ssd_chunked(**kw, chunk_size=64),
 }
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train_small
-from nanohybrid.training import load_model
+from nanohybrid.tools.training import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RUN = ["--batch-size=4", "--seq-len=32", "--eval-batches=2", "--warmup=2", "--sample-tokens=5"]
@@ -53,6 +53,20 @@ def test_the_default_path_learns_and_writes_its_files(tmp_path, monkeypatch, cap
     assert "validation loss" in printed and f"python sample.py --ckpt {out}" in printed
 
 
+def test_a_tiny_preset_trains_on_the_reference_rung_as_on_the_fast_paths(tmp_path, corpus):
+    """--kernels=reference: every op on its readable reference, differentiated by autograd. The losses of
+    five steps equal those of the default (CPU fast path) run within the fp32 rounding of two summation
+    orders (1e-4 relative, the parity suite's kernel bound), and both learn."""
+    common = ["--preset=hymba-tiny", "--max-steps=5", "--eval-interval=5", f"--data={corpus}", *TINY_RUN]
+    train_small.main([*common, f"--out={tmp_path / 'auto'}"])
+    train_small.main([*common, "--kernels=reference", f"--out={tmp_path / 'reference'}"])
+    fast, reference = metrics(tmp_path / "auto"), metrics(tmp_path / "reference")
+    assert len(fast) == len(reference) == 5
+    for ours, theirs in zip(reference, fast):
+        assert abs(ours["loss"] - theirs["loss"]) <= 1e-4 * abs(theirs["loss"]), (ours, theirs)
+    assert reference[-1]["loss"] < reference[0]["loss"]
+
+
 def test_resume_equals_the_uninterrupted_run_bitwise(tmp_path, corpus, monkeypatch):
     common = ["--preset=hymba-tiny", "--max-steps=10", "--eval-interval=4", f"--data={corpus}", *TINY_RUN]
     train_small.main([*common, f"--out={tmp_path / 'straight'}"])
@@ -75,7 +89,7 @@ def test_resume_equals_the_uninterrupted_run_bitwise(tmp_path, corpus, monkeypat
 def test_sigkill_during_a_save_leaves_the_latest_checkpoint_loadable(tmp_path, corpus):
     out = tmp_path / "run"
     driver = """
-import sys, time, train_small, nanohybrid.training as training
+import sys, time, train_small, nanohybrid.tools.training as training
 real_save = training.save_file
 def slow_second_save(tensors, path):
     real_save(tensors, path)
@@ -176,7 +190,7 @@ def test_empty_and_unreadable_corpora_are_clear_errors(tmp_path):
 
 
 def test_compare_trains_the_five_and_writes_its_report(tmp_path, corpus, monkeypatch):
-    import nanohybrid.compare as compare
+    import nanohybrid.tools.compare as compare
     monkeypatch.setattr(compare, "MQAR_STEPS", 10)
     out = tmp_path / "compare"
     train_small.main(["--compare", "--size=tiny", "--max-steps=3", "--eval-interval=3", f"--data={corpus}",
@@ -185,7 +199,7 @@ def test_compare_trains_the_five_and_writes_its_report(tmp_path, corpus, monkeyp
     assert rows[0].startswith("arch,parameters (M),val loss,val ppl") and "MQAR l=64 D=8" in rows[0]
     assert [row.split(",")[0] for row in rows[1:]] == ["hymba", "mamba2", "mamba2-ffn", "llama3", "samba"]
     assert (out / "comparison.png").stat().st_size > 0 and (out / "results.md").read_text().startswith("| arch |")
-    assert all((out / f"{arch}-tiny" / "latest").exists() for arch in compare.ARCHITECTURES)
+    assert all((out / f"{arch}-tiny" / "latest").exists() for arch in compare.TABLE_3_ARCHITECTURES)
 
 
 def test_overrides_are_type_checked_and_token_counts_take_suffixes():

@@ -9,7 +9,7 @@ import torch
 
 from kernels import upstream
 from nanohybrid import ops
-from nanohybrid.parity import check_implementation
+from nanohybrid.tools.parity import check_implementation
 from tests.oracles import import_mamba_ssm_references
 from tests.test_oracles_mamba import reference_ssd
 
@@ -118,7 +118,7 @@ def registered(monkeypatch):
 
 
 def test_auto_takes_upstream_where_it_can_and_the_next_kernel_where_it_refuses(registered):
-    from nanohybrid.parity import CASES, case_inputs, positional_arguments
+    from nanohybrid.tools.parity import CASES, case_inputs, positional_arguments
     def arguments(case):
         inputs = case_inputs("attention", CASES["attention"][case], torch.Generator().manual_seed(0))
         return positional_arguments("attention", inputs)
@@ -137,7 +137,7 @@ def test_tiny_model_on_the_upstream_adapters_matches_the_reference_and_decodes_a
     from nanohybrid.config import get_config
     from nanohybrid.generate import decode, prefill
     from nanohybrid.model import LanguageModel
-    from nanohybrid.parity import assert_model_matches_reference
+    from nanohybrid.tools.parity import assert_model_matches_reference
 
     torch.manual_seed(0)
     model = LanguageModel(get_config(f"{arch}-tiny"))

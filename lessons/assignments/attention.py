@@ -34,7 +34,7 @@ The keys may be fewer or more than the queries, and not in stream order: when de
 cache (lesson 06) they are the slots of a ring buffer, and a slot never written holds the index
 EMPTY (nanohybrid.cache.EMPTY, the largest int64), later than every query.
 
-What is graded: nanohybrid/parity.py compares your output and the gradients of q, k and v with the
+What is graded: nanohybrid/tools/parity.py compares your output and the gradients of q, k and v with the
 reference in float64 (relative error at most 1e-4, on the CPU in float32), on four cases: causal GQA
 (4 query heads, 2 key/value heads) at an odd length; a window of 8 with 4 meta tokens, MQA and value
 heads twice as wide; 3 queries decoding from a ring buffer that has wrapped in one row and still has

@@ -3,7 +3,7 @@
     python -m lessons.assignments.grade rglru_scan my_rglru_scan.py:rglru_scan
 
 The function is loaded as the model loads it (ops.resolve: the same file and signature checks), then
-nanohybrid/parity.py runs it on the CPU in float32, with fresh torch.empty tensors filled with NaN, and
+nanohybrid/tools/parity.py runs it on the CPU in float32, with fresh torch.empty tensors filled with NaN, and
 compares the output, the final state and every input gradient with the reference run in float64. When
 checks fail, the hint says what to look at, read off which cases and quantities fail. Exit status: 0
 when every check passes, 1 otherwise.
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from nanohybrid import ops, parity
+from nanohybrid import ops
+from nanohybrid.tools import parity
 
 ASSIGNMENTS = ("rglru_scan", "selective_scan", "attention", "moe_experts")  # each has a skeleton beside this file
 PRESETS = {"rglru_scan": "hawk-small", "selective_scan": "mamba-small", "ssd": "mamba2-small",

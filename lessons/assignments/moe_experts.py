@@ -22,7 +22,7 @@ Shapes
   gate_proj, up_proj (n, I, d)    down_proj (n, d, I)
   returns y (t, d) in x's dtype
 
-What is graded: nanohybrid/parity.py compares your y and the gradients of x, expert_weights,
+What is graded: nanohybrid/tools/parity.py compares your y and the gradients of x, expert_weights,
 gate_proj, up_proj and down_proj with the reference in float64 (relative error at most 1e-4, on the CPU
 in float32), on two cases: top-2 of 4 experts over 37 tokens; top-1 of 8 experts, where expert 3
 gets no token. While your code runs, every fresh torch.empty is NaN.

@@ -20,7 +20,7 @@ Shapes
   x, log_a (b, l, R)    reset (b, l) bool    initial_state (b, R) float32, or None
   returns h (b, l, R) in x's dtype and the final state (b, R) in float32
 
-What is graded: nanohybrid/parity.py compares your output h, your final state and the gradients of x,
+What is graded: nanohybrid/tools/parity.py compares your output h, your final state and the gradients of x,
 log_a and initial_state with the reference in float64 (relative error at most 1e-4, on the CPU in
 float32), on three cases: an odd length (37) with resets (at t = 0 in row 0, mid-row in row 1) and an
 initial state; 64 steps without resets or initial state; a single token, with a reset in one row.

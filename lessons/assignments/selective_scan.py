@@ -21,7 +21,7 @@ Shapes
   x, dt, z (b, l, d)    A (d, n)    B, C (b, l, n)    D, dt_bias (d)    initial_state (b, d, n) float32
   returns y (b, l, d) in x's dtype and the final state (b, d, n) in float32
 
-What is graded: nanohybrid/parity.py compares your y, your final state and the gradients of every
+What is graded: nanohybrid/tools/parity.py compares your y, your final state and the gradients of every
 floating-point input (x, dt, A, B, C, and D, z, dt_bias, initial_state when given) with the reference
 in float64 (relative error at most 1e-4, on the CPU in float32), on three cases: an odd length (37)
 with D, z, dt_bias, dt_softplus=True and an initial state; a bare call (no optional input, state size

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from .config import get_config
-from .model import LanguageModel
+from ..config import get_config
+from ..model import LanguageModel
 from .mqar import mqar_accuracy, mqar_batch
 
-ARCHITECTURES = ("hymba", "mamba2", "mamba2-ffn", "llama3", "samba")
+TABLE_3_ARCHITECTURES = ("hymba", "mamba2", "mamba2-ffn", "llama3", "samba")
 MQAR_SETTINGS = ((32, 4), (48, 6), (64, 8))  # (l, D), harder to the right
 MQAR_VOCAB = 32  # keys 1..15, values 16..31: small enough to learn in minutes on a CPU
 MQAR_STEPS, MQAR_BATCH, MQAR_LR = 2000, 64, 1e-3  # a 2-layer attention model learns all three in ~1500 steps

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .data import get_batch
-from .model import LanguageModel
+from ..model import LanguageModel
 
 NO_WEIGHT_DECAY = ("A_log", "meta_tokens.embeddings")  # decay would pull A towards -1 and meta tokens to 0
 
@@ -92,7 +92,7 @@ def load_model(path: Path) -> tuple[LanguageModel, dict]:
 
 
 @torch.no_grad()
-def evaluate(model, tokens, batch_size: int, seq_len: int, batches: int, seed: int, bf16: bool = False) -> float:
+def validation_loss(model, tokens, batch_size: int, seq_len: int, batches: int, seed: int, bf16: bool = False) -> float:
     """Mean loss over `batches` fixed windows of `tokens` (the same windows every time)."""
     was_training, device = model.training, next(model.parameters()).device
     model.eval()

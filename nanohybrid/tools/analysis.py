@@ -6,19 +6,19 @@ Models are built on PyTorch's meta device, which records shapes and allocates no
 Jamba-v0.1's 52B parameters are counted in a second. Cache bytes come from a formula per layer kind
 that equals, byte for byte, what cache.InferenceCache allocates (tests/test_cache.py checks this).
 
-    python -m nanohybrid.analysis presets              the README's preset table
-    python -m nanohybrid.analysis cache                the published cache sizes, reproduced
-    python -m nanohybrid.analysis cache-plot out.png   cache bytes against context, every architecture
-    python -m nanohybrid.analysis projection           the 100M reproduction's cost, from a FLOPs estimate
+    python -m nanohybrid.tools.analysis presets              the README's preset table
+    python -m nanohybrid.tools.analysis cache                the published cache sizes, reproduced
+    python -m nanohybrid.tools.analysis cache-plot out.png   cache bytes against context, every architecture
+    python -m nanohybrid.tools.analysis projection           the 100M reproduction's cost, from a FLOPs estimate
 """
 
 import argparse
 
 import torch
 
-from .config import ARCHITECTURES, PRESETS, ModelConfig, get_config
-from .model import LanguageModel
-from .ssd import segment_sum
+from ..config import ARCHITECTURES, PRESETS, ModelConfig, get_config
+from ..model import LanguageModel
+from ..scan import implicit_attention
 
 CATEGORIES = ("Meta", "BOS", "Self", "Cross")
 
@@ -89,8 +89,7 @@ def cache_bytes(config: ModelConfig, context: int, batch: int = 1, dtype=torch.f
                 slots = n_meta + context
                 kind = "kv-global"
             else:
-                window_slots = spec.sliding_window - 1 if config.window_convention == "keys" else spec.sliding_window
-                slots = n_meta + min(context, window_slots)
+                slots = n_meta + min(context, config.max_distance(spec.sliding_window))
                 kind = "kv-window"
             slots -= 0 if meta_entries else n_meta
             value_head = config.d_inner // config.n_heads if spec.mixer == "hymba" else config.qk_head_dim
@@ -195,20 +194,6 @@ def attention_categories(probabilities, query_index, key_index, n_meta: int) -> 
     masks = dict(zip(CATEGORIES, (meta, bos, self_, ~(meta | bos | self_))))
     real_rows = query_index[0] >= n_meta
     return {name: (probabilities * mask)[:, :, real_rows].sum(-1).mean().item() for name, mask in masks.items()}
-
-
-def implicit_attention(delta, A, B, C) -> torch.Tensor:
-    """The S6 scan of one sequence written as a matrix (Ali et al. 2024, "The Hidden Attention of Mamba
-    Models"; lesson 1): y_t[d] = Σ_s M[d, t, s] x_s[d] before the D skip and the gate, with
-
-        M[d, t, s] = Σ_n C_t[n] · exp(Σ_{s<k≤t} Δ_k[d] A[d, n]) · Δ_s[d] B_s[n]   (s ≤ t; 0 above the diagonal)
-
-    delta (l, d), after the bias and softplus; A (d, n), negative; B, C (l, n) -> M (d, l, l).
-    The decay is a (d, n, l, l) tensor: for analysis of short sequences, not for running the model.
-    """
-    log_decay = (delta[:, :, None] * A).permute(1, 2, 0)  # Δ_k[d] A[d, n], (d, n, l)
-    decay = torch.exp(segment_sum(log_decay))  # Π_{s<k≤t} Ā_k, (d, n, l, l)
-    return torch.einsum("nt,dnts,ns->dts", C.T, decay, B.T) * delta.T[:, None, :]
 
 
 def implicit_attention_map(delta, A, B, C) -> torch.Tensor:

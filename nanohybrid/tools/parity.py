@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import ops
+from .. import ops
 from .testing import assert_close, relative_error
 
 KERNEL_FP32 = 1e-4
@@ -107,6 +107,9 @@ def case_inputs(op: str, case: dict, generator: torch.Generator) -> dict:
         if case.get("initial", True):
             inputs["initial_state"] = randn(b, c, K - 1)
         return inputs
+    if op == "rms_norm":
+        b, l, D, group_size = case["shape"]
+        return dict(x=randn(b, l, D) * 3, scale=1 + 0.5 * randn(D), group_size=group_size, eps=1e-6)
     raise ValueError(f"unknown op {op!r}; ops are {', '.join(ops.OPS)}")
 
 
@@ -120,7 +123,7 @@ def _ring_decode(b, l, s):
     """Decoding l tokens as the cache lays them out: 4 meta slots, a ring of s - 4 - l slots written
     modulo its size (so out of order), then the new tokens. Row 0 has wrapped its ring; row 1, at a
     different length, has not filled it yet: its slots never written hold EMPTY."""
-    from .cache import EMPTY
+    from ..cache import EMPTY
     ring, rows = s - 4 - l, []
     for length in (4 + 3 * ring + 1, 4 + ring - 2)[:b]:
         slots = [EMPTY] * ring
@@ -174,6 +177,11 @@ CASES = {
                                                      bias=False, initial=False),
         "documents after an initial state": dict(shape=(2, 13, 8, 4), starts=[(0, 2), (1, 11)]),
         "one token, initial state": dict(shape=(3, 1, 8, 4)),
+    },
+    "rms_norm": {
+        "odd token count": dict(shape=(2, 37, 24, 24)),
+        "4 groups (Mamba-2's grouped norm)": dict(shape=(3, 5, 32, 8)),
+        "one token": dict(shape=(1, 1, 16, 16)),
     },
 }
 
@@ -307,9 +315,9 @@ def model_step(model, tokens, selection: dict) -> tuple[torch.Tensor, dict[str, 
 
 
 def assert_model_matches_reference(model, tokens, selection: dict) -> None:
-    """A training step with the ops in `selection` against the same step on the default ops: the logits
-    and every parameter's gradient within KERNEL_FP32 (as each kernel's own parity)."""
-    reference_logits, reference_grads = model_step(model, tokens, {})
+    """A training step with the ops in `selection` against the same step with every op on its readable
+    reference: the logits and every parameter's gradient within KERNEL_FP32 (as each kernel's own parity)."""
+    reference_logits, reference_grads = model_step(model, tokens, dict.fromkeys(ops.OPS, "reference"))
     logits, grads = model_step(model, tokens, selection)
     assert_close(logits, reference_logits, KERNEL_FP32, "logits")
     for name, gradient in grads.items():

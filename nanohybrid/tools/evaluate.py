@@ -1,8 +1,8 @@
 """Zero-shot evaluation with lm-evaluation-harness on the tasks of Hymba's tables, in the paper's layout.
 
-    python -m nanohybrid.evaluate --ckpt out/hymba-100m                          Table 3's tasks
-    python -m nanohybrid.evaluate --ckpt out/hymba-100m --tasks piqa,arc_easy --limit 200
-    python -m nanohybrid.evaluate --ckpt out/run --tasks my_task --include-path path/to/task/yamls
+    python -m nanohybrid.tools.evaluate --ckpt out/hymba-100m                          Table 3's tasks
+    python -m nanohybrid.tools.evaluate --ckpt out/hymba-100m --tasks piqa,arc_easy --limit 200
+    python -m nanohybrid.tools.evaluate --ckpt out/run --tasks my_task --include-path path/to/task/yamls
 
 Columns follow HYMBA.md §5.2 and §7: Wikitext word perplexity, LAMBADA perplexity, SWDE and SQuAD-C
 (greedy, stop at a newline, 48 tokens, "contains"), their mean, then the accuracy of LAMBADA, PIQA,
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .generate import generate
+from ..generate import generate
 from .tokenizer import load_tokenizer
 from .training import load_model
 
