@@ -32,15 +32,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nanohybrid import ops
-from nanohybrid.tools.compare import TABLE_3_ARCHITECTURES as COMPARED, train_mqar, write_report
 from nanohybrid.config import ModelConfig, get_config
-from nanohybrid.tools.data import get_batch, load_corpus
 from nanohybrid.generate import generate
 from nanohybrid.model import LanguageModel
+from nanohybrid.tools.compare import TABLE_3_ARCHITECTURES as COMPARED
+from nanohybrid.tools.compare import train_mqar, write_report
+from nanohybrid.tools.data import get_batch, load_corpus
 from nanohybrid.tools.tokenizer import load_tokenizer
 from nanohybrid.tools.training import (learning_rate, load_checkpoint, load_model, make_optimizer, plot_losses,
                                        save_checkpoint, validation_loss)
-
 
 SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9}
 

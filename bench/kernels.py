@@ -28,8 +28,8 @@ import torch
 
 from bench.common import arguments, forward_backward, measure, plot_times, setup, table, write_report
 from nanohybrid import ops
-from nanohybrid.tools.parity import (BF16_FACTOR, KERNEL_FP32, case_inputs, compare, positional_arguments, prefill_layout,
-                               prepare)
+from nanohybrid.tools.parity import (BF16_FACTOR, KERNEL_FP32, case_inputs, compare, positional_arguments,
+                                     prefill_layout, prepare)
 from nanohybrid.tools.testing import relative_error
 
 TARGET_UPSTREAM_RATIO = 1.5  # our Triton kernel's fwd+bwd time over the upstream kernel's, at most

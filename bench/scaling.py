@@ -29,10 +29,10 @@ import time
 import torch
 
 from bench.common import arguments, figure, log_log, save_figure, setup, synchronize, table, write_report
-from nanohybrid.tools.analysis import cache_bytes
 from nanohybrid.config import ARCHITECTURES, get_config
 from nanohybrid.generate import prefill
 from nanohybrid.model import LanguageModel
+from nanohybrid.tools.analysis import cache_bytes
 
 BEND = 0.3  # smallest change of the local exponent reported as a bend
 # Untimed rounds per point, at least this many and this long: a fresh process runs its first calls slower

@@ -23,9 +23,9 @@ import torch
 
 from bench.common import arguments, check, figure, measure, save_figure, setup, table, write_report
 from nanohybrid import ops
-from nanohybrid.tools.analysis import training_flops_per_token
 from nanohybrid.config import ARCHITECTURES, ModelConfig, get_config
 from nanohybrid.model import LanguageModel
+from nanohybrid.tools.analysis import training_flops_per_token
 from tests import test_oracles_jamba, test_oracles_llama, test_oracles_mamba, test_oracles_recurrentgemma
 from tests.oracles import (modeling_jamba, modeling_llama, modeling_mamba, modeling_mamba2, modeling_recurrent_gemma,
                            transformers)

@@ -3,9 +3,8 @@ shares are known in closed form, and the S6 implicit attention matrix against th
 
 import torch
 
-from nanohybrid.scan import implicit_attention
+from nanohybrid.scan import implicit_attention, selective_scan
 from nanohybrid.tools.analysis import CATEGORIES, attention_categories, implicit_attention_map
-from nanohybrid.scan import selective_scan
 from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 N_META, N_REAL = 3, 9

@@ -6,11 +6,11 @@ published cache sizes come out of that formula; the meta-token prefix is compute
 import pytest
 import torch
 
-from nanohybrid.tools.analysis import cache_bytes, published_cache_table
 from nanohybrid.cache import InferenceCache
 from nanohybrid.config import ARCHITECTURES, get_config
 from nanohybrid.generate import decode, prefill, prefill_prompts
 from nanohybrid.model import LanguageModel
+from nanohybrid.tools.analysis import cache_bytes, published_cache_table
 from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 TINY = [f"{arch}-tiny" for arch in ARCHITECTURES]

@@ -9,7 +9,6 @@ from nanohybrid import ops
 from nanohybrid.layers import CausalConv1d, GatedMLP, RMSNorm, RotaryEmbedding
 from nanohybrid.tools.testing import SAME_MATH, assert_close
 
-
 RUNGS = ["reference", "cpu"]
 
 

@@ -31,8 +31,8 @@ from nanohybrid.model import LanguageModel
 from nanohybrid.scan import selective_scan
 from nanohybrid.ssd import ssd_chunked, ssd_quadratic
 from nanohybrid.tools.testing import SAME_MATH, assert_close, relative_error
-from tests.oracles import (assert_every_parameter_copied, import_mamba_ssm_references, modeling_mamba,
-                           modeling_mamba2, transformers)
+from tests.oracles import (assert_every_parameter_copied, import_mamba_ssm_references, modeling_mamba, modeling_mamba2,
+                           transformers)
 
 MATERIAL = 1e-3  # 100x SAME_MATH
 LENGTH = 21  # not a multiple of Mamba-2's chunk of 8

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig
-from .data import get_batch
 from ..model import LanguageModel
+from .data import get_batch
 
 NO_WEIGHT_DECAY = ("A_log", "meta_tokens.embeddings")  # decay would pull A towards -1 and meta tokens to 0
 
