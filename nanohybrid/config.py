@@ -2,8 +2,9 @@
 
 One config describes every model. The architecture name fixes the layer pattern (which mixer each
 block uses, whether it has an MLP or a mixture of experts, which attention layers use a sliding
-window and which share keys and values); the other fields set the sizes. Sources for every pattern
-are ../shared/papers/HYMBA.md (Hymba) and ARCHITECTURES.md (the others).
+window and which share keys and values); the other fields set the sizes. Each pattern, its sources
+(papers and released code) and its published configurations are in docs/conventions.md: "Hymba layout",
+"Jamba layout", "Griffin / RecurrentGemma layout", and "Samba, Mamba and Llama 3 layouts".
 
     hymba       hybrid head in every block; global attention in the first, middle and last blocks,
                 sliding window elsewhere, adjacent sliding-window blocks share K/V; SwiGLU MLP
@@ -161,7 +162,9 @@ class ModelConfig:
 def _hymba_layers(config: ModelConfig) -> list[LayerSpec]:
     """Global attention in the first, middle and last layers; the sliding-window layers between them
     are grouped in pairs (a triple leads an odd run) and share the first layer's keys and values.
-    32 layers give globals 0, 15, 31 and groups [1,2] ... [13,14], [16,17,18], [19,20] ... [29,30] (HYMBA.md §3).
+    32 layers give globals 0, 15, 31 and groups [1,2] ... [13,14], [16,17,18], [19,20] ... [29,30]: the
+    released Hymba-1.5B's global_attn_idx and kv_reuse_group (Hymba §2.2; docs/conventions.md, "Hymba
+    layout").
     """
     n = config.n_layers
     global_layers = sorted({0, (n - 1) // 2, n - 1})
@@ -257,7 +260,8 @@ ARCH_SIZES = {
 
 # The published configurations, built on the meta device for parameter and cache accounting.
 PAPER = {
-    # Hymba-1.5B (HYMBA.md §4.1). RoPE base with NTK scaling to 8K: θ·(2·8192/2048 - 1)^(hd/(hd-2)).
+    # Hymba-1.5B (Hymba Table 11 and the released config; docs/conventions.md, "Hymba layout").
+    # RoPE base with NTK scaling to 8K: θ·(2·8192/2048 - 1)^(hd/(hd-2)).
     "hymba-paper": dict(vocab_size=32001, d_model=1600, n_layers=32, n_heads=25, n_kv_heads=5, d_ff=5504,
                         d_state=16, d_conv=4, dt_rank=100, sliding_window=1024, max_seq_len=8192,
                         rope_theta=10000.0 * 7.0 ** (64 / 62)),
@@ -266,10 +270,11 @@ PAPER = {
                          max_seq_len=131072),
     "llama3-paper-3b": dict(vocab_size=128256, d_model=3072, n_layers=28, n_heads=24, n_kv_heads=8, d_ff=8192,
                             max_seq_len=131072),
-    # Jamba-v0.1 (ARCHITECTURES.md §2.1).
+    # Jamba-v0.1 (Jamba §2-3 and transformers' JambaConfig defaults; docs/conventions.md, "Jamba layout").
     "jamba-paper": dict(vocab_size=65536, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
                         d_state=16, n_experts=16, experts_per_token=2, max_seq_len=262144),
-    # RecurrentGemma-2B (ARCHITECTURES.md §1.5): the official window convention, scaled embeddings, soft cap.
+    # RecurrentGemma-2B (DeepMind's recurrentgemma presets; docs/conventions.md, "Griffin / RecurrentGemma
+    # layout"): the official window convention, scaled embeddings, soft cap.
     "griffin-paper": dict(vocab_size=256000, d_model=2560, n_layers=26, n_heads=10, head_dim=256, d_ff=7680,
                           lru_width=2560, sliding_window=2048, scale_embeddings=True, logit_softcap=30.0,
                           max_seq_len=8192),

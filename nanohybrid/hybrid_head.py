@@ -1,7 +1,8 @@
 """The Hymba hybrid-head mixer: attention heads and SSM heads in parallel on the same input.
 
 Reference: Dong et al. 2024, "Hymba: A Hybrid-head Architecture for Small Language Models"
-(arXiv 2411.13676), §2.1, Eq. 3; layout of the official `HymbaBlock` (HYMBA.md §1.2):
+(arXiv 2411.13676), §2.1, Eq. 3; layout of the official `HymbaBlock` (`modeling_hymba.py` of Hymba-1.5B;
+docs/conventions.md, "Hymba layout"):
 
     [Q, K, V, X_ssm, G] = W_in X̃                     one fused projection (no K, V in a KV consumer)
     Y_attn = softmax(Q Kᵀ / sqrt(hd)) V               value heads are 2·hd wide, so Y_attn has d_inner channels

@@ -1,11 +1,12 @@
 """The Mamba-1 and Mamba-2 mixers, built on scan.py and ssd.py.
 
 References
-  Mamba-1: Gu & Dao 2023, Figure 3 and §3.4; block layout of mamba_ssm `Mamba` (ARCHITECTURES.md §4.1).
+  Mamba-1: Gu & Dao 2023 (arXiv 2312.00752), Figure 3 and §3.4; block layout of mamba_ssm `Mamba`
+           (docs/conventions.md, "S6 discretisation" and "Weight layouts").
            Jamba §6.4 adds RMSNorm on the dt, B and C activations ("inner norms"); Hymba keeps them.
   Mamba-2: Dao & Gu 2024, §7 (the parallel block): one in_proj makes z, x, B, C and dt together, the
            conv runs over [x | B | C], and a gated RMSNorm, grouped like B and C, precedes out_proj
-           (ARCHITECTURES.md §4.3).
+           (arXiv 2405.21060; mamba_ssm `Mamba2`; docs/conventions.md, "Mamba-2 groups").
 
 Shape glossary
   b batch   l length   d d_model   E d_inner = expand·d   N d_state   r dt_rank   K conv width

@@ -1,4 +1,4 @@
-"""Learnable meta tokens (Hymba §2.3, HYMBA.md §2).
+"""Learnable meta tokens (Hymba, arXiv 2411.13676, §2.3 and App. D; docs/conventions.md, "Meta tokens").
 
 M learned vectors R = [r_1 .. r_M] are prepended to every sequence, X̃ = [R; X], and pass through every
 layer like ordinary tokens:

@@ -1,7 +1,8 @@
 """Jamba's mixture of experts: a top-k softmax router, SwiGLU experts and the load-balancing loss.
 
 References: Jamba (arXiv 2403.19887) §2; Shazeer et al. 2017; Switch Transformer (Fedus et al. 2021)
-for the load-balancing loss, in the form transformers' Jamba uses (ARCHITECTURES.md §2.3, §2.4):
+for the load-balancing loss, in the form transformers' Jamba uses (`JambaTopKRouter`,
+`load_balancing_loss_func`; docs/conventions.md, "Jamba layout"):
 
     p_t   = softmax(W_r h_t)                    router probabilities over n experts, in fp32
     (w, e) = top-k(p_t)                         no renormalisation of the k weights (unlike Mixtral)

@@ -1,7 +1,8 @@
 """RG-LRU, the Real-Gated Linear Recurrent Unit, and the Griffin recurrent block.
 
 Reference: De et al. 2024, "Griffin: Mixing Gated Linear Recurrences with Local Attention"
-(arXiv 2402.19427), §2.4; the RecurrentGemma code (ARCHITECTURES.md §1). For input x_t:
+(arXiv 2402.19427), §2.4, as DeepMind's RecurrentGemma code computes it (docs/conventions.md, "RG-LRU
+parametrisation"). For input x_t:
 
     r_t = σ(W_a x_t + b_a)                 recurrence gate   (block-diagonal W: one b×b block per head)
     i_t = σ(W_x x_t + b_x)                 input gate

@@ -1,7 +1,8 @@
 """Mamba-2 state space duality (SSD): recurrence, quadratic (matrix) form and chunked algorithm.
 
 Reference: Dao & Gu 2024, "Transformers are SSMs" (arXiv 2405.21060), §3-§6. Each head has a scalar
-decay, so the state update is a rank-1 outer product (ARCHITECTURES.md §4.2):
+decay, so the state update is a rank-1 outer product (B and C are shared by groups of heads:
+docs/conventions.md, "Mamba-2 groups"):
 
     α_t = exp(Δ_t · A_h)                          (scalar per position and head)
     S_t = α_t · S_{t-1} + Δ_t · x_t ⊗ B_t         (S ∈ R^{p×n})

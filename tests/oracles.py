@@ -1,7 +1,8 @@
 """The independent implementations the tests compare against, imported in the order that works on CPU.
 
 transformers decides when each modeling module is imported whether to bind mamba_ssm's CUDA/Triton
-kernels (ARCHITECTURES.md §4.4). So: import transformers' modeling modules first, which binds their
+kernels (`use_kernel_func_from_hub_with_fallback`), and once bound to them it fails on a CPU (a
+`torch.cuda.device` TypeError). So: import transformers' modeling modules first, which binds their
 pure-PyTorch paths; only then make mamba_ssm importable by giving it a stub for its CUDA extension,
 whose absence is the only thing stopping it on a CPU-only machine. Test modules import from here.
 

@@ -159,7 +159,8 @@ def test_published_cache_sizes_are_reproduced_within_one_percent():
 def test_hymba_1_5b_cache_is_78_6_mb_exactly_as_published():
     sizes = cache_bytes(get_config("hymba-paper"), 8192, dtype=torch.float16, state_dtype=torch.float16,
                         meta_entries=False, index_entries=False)
-    assert sum(sizes.values()) == 78_602_240  # HYMBA.md §3: 74,711,040 KV + 3,276,800 SSM + 614,400 conv
+    # 74,711,040 KV + 3,276,800 SSM + 614,400 conv (docs/conventions.md, "Hymba layout")
+    assert sum(sizes.values()) == 78_602_240
     assert sum(1 for _, kind in sizes if kind.startswith("kv")) == 17
 
 

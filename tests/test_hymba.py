@@ -1,4 +1,5 @@
-"""Hymba, checked against what HYMBA.md states (there is no CPU-runnable official implementation):
+"""Hymba, checked against the published layout (arXiv 2411.13676 and the released Hymba-1.5B config;
+docs/conventions.md, "Hymba layout"), since there is no CPU-runnable official implementation:
 the 1.5B layout and parameter count, KV sharing, meta-token positions, loss and visibility, and β."""
 
 import torch
@@ -122,7 +123,8 @@ def _first_mixer_write(preset: str, **overrides) -> float:
 def test_hybrid_heads_start_writing_at_the_scale_of_llamas_attention():
     """β starts at fusion_beta_init = 0.1. With the released code's β = 1, the unit-RMS fused output makes
     hymba-small's first layer write 3.9× the embeddings into the residual stream (llama3-small: 0.42×),
-    and a 2-layer Hymba did not learn MQAR (see hybrid_head.py). Bound: within 1.5× of Llama's write."""
+    and a 2-layer Hymba did not learn MQAR (see nanohybrid/hybrid_head.py). Bound: within 1.5× of Llama's
+    write."""
     for size in ("tiny", "small"):
         llama = _first_mixer_write(f"llama3-{size}")
         assert _first_mixer_write(f"hymba-{size}") < 1.5 * llama

@@ -1,10 +1,10 @@
 """Whole-model parity with transformers' JambaForCausalLM after a weight copy (fp32, CPU).
 
-One 8-layer Jamba block (ARCHITECTURES.md §2, tiny config of §6): Mamba-1 with inner RMSNorms on
-dt/B/C at layers 0-3 and 5-7, attention without RoPE at layer 4, an MoE (4 experts, top-2) on the odd
-layers and a SwiGLU MLP on the even ones. HF is initialised, its norms, biases, D and A_log are
-perturbed (they start at ones, zeros or log(1..N)) and its router weights scaled up tenfold (so the
-top-k weights are far from uniform), then everything is copied into ours.
+One 8-layer Jamba block (docs/conventions.md, "Jamba layout"; the weight copy: "Weight layouts"): Mamba-1
+with inner RMSNorms on dt/B/C at layers 0-3 and 5-7, attention without RoPE at layer 4, an MoE (4 experts,
+top-2) on the odd layers and a SwiGLU MLP on the even ones. HF is initialised, its norms, biases, D and
+A_log are perturbed (they start at ones, zeros or log(1..N)) and its router weights scaled up tenfold (so
+the top-k weights are far from uniform), then everything is copied into ours.
 
 Compared, each with relative error ‖ours − HF‖ / ‖HF‖ <= SAME_MATH = 1e-5 (nanohybrid/tools/testing.py):
   - logits (b, l, V);

@@ -1,8 +1,9 @@
 """Parity with transformers' MambaForCausalLM and Mamba2ForCausalLM after a weight copy, and with
 mamba_ssm's pure-PyTorch references `selective_scan_ref` and `ssd_minimal_discrete` at op level (fp32, CPU).
 
-Models (tiny configs of ARCHITECTURES.md §6; ours is read off transformers' config, so the norm eps,
-1e-5 by default on both sides, and the embedding tying, on for Mamba and off for Mamba-2, agree):
+Models (tiny configs; the weight copy: docs/conventions.md, "Weight layouts"; ours is read off
+transformers' config, so the norm eps, 1e-5 by default on both sides, and the embedding tying, on for
+Mamba and off for Mamba-2, agree):
 transformers' norm weights, D, biases and A_log start at ones, zeros or log(1..N), so all are perturbed
 before the copy. Mamba-2 runs 21 tokens with chunks of 8: two full chunks and a partial one. Compared:
 the logits and the gradient of every parameter for one scalar loss, Σ logits ⊙ a fixed random tensor.
@@ -182,7 +183,8 @@ def ssd_inputs(batch=2, length=24, heads=4, head_dim=3, groups=2, state=5):
 
 
 def shared_by_consecutive_heads(BC, heads):
-    """(b, l, g, n) -> (b, l, h, n): group k serves heads k·h/g ... (k+1)·h/g - 1 (ARCHITECTURES.md §4.2)."""
+    """(b, l, g, n) -> (b, l, h, n): group k serves heads k·h/g ... (k+1)·h/g - 1 (docs/conventions.md,
+    "Mamba-2 groups")."""
     return BC.repeat_interleave(heads // BC.shape[2], dim=2)
 
 

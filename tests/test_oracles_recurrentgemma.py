@@ -1,14 +1,15 @@
 """Whole-model parity with transformers' RecurrentGemmaForCausalLM after a weight copy (fp32, CPU).
 
-A 3-layer (RG-LRU, RG-LRU, local MQA) model, d_model 64, window 8 (ARCHITECTURES.md §1, tiny config of
-§6), against our `griffin` config set to RecurrentGemma's choices: a window of W keys including the
-current one ("keys"; our griffin presets default to DeepMind's "distance"), embeddings times bf16(sqrt(64))
-= 8 exactly, logits soft-capped at 30, Gemma RMSNorm (scale 1 + w), GeGLU MLP with biases (branch 192 =
-HF intermediate_size / 2), one KV head, RoPE on half of each head, a bias on the attention output.
-HF is built with w_init_variance_scale=1 (DeepMind's value; HF's 0.01 leaves the gates near constant and
-the logits too small for the cap to bend them); its norm weights and all biases, which start at zero,
-are perturbed, and its q/k/o projections scaled by 3 so that the one attention layer moves the logits
-enough for its window and RoPE conventions to show; then everything is copied into ours.
+A 3-layer (RG-LRU, RG-LRU, local MQA) model, d_model 64, window 8 (docs/conventions.md, "Griffin /
+RecurrentGemma layout"; the weight copy: "Weight layouts"), against our `griffin` config set to
+RecurrentGemma's choices: a window of W keys including the current one ("keys"; our griffin presets
+default to DeepMind's "distance"), embeddings times bf16(sqrt(64)) = 8 exactly, logits soft-capped at 30,
+Gemma RMSNorm (scale 1 + w), GeGLU MLP with biases (branch 192 = HF intermediate_size / 2), one KV head,
+RoPE on half of each head, a bias on the attention output. HF is built with w_init_variance_scale=1
+(DeepMind's value; HF's 0.01 leaves the gates near constant and the logits too small for the cap to bend
+them); its norm weights and all biases, which start at zero, are perturbed, and its q/k/o projections
+scaled by 3 so that the one attention layer moves the logits enough for its window and RoPE conventions to
+show; then everything is copied into ours.
 
 Compared, each with relative error ‖ours − HF‖ / ‖HF‖ <= SAME_MATH = 1e-5 (nanohybrid/tools/testing.py):
   - logits on 24 tokens (3 windows), with default positions;

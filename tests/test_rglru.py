@@ -1,5 +1,6 @@
-"""RG-LRU: the gates and the recurrence against ARCHITECTURES.md §1.1 written out in float64, resets,
-the Λ initialisation, the bounded sqrt gradient, and continuation from a state."""
+"""RG-LRU: the gates and the recurrence of Griffin §2.4 (docs/conventions.md, "RG-LRU parametrisation")
+written out in float64, resets, the Λ initialisation, the bounded sqrt gradient, and continuation from a
+state."""
 
 import torch
 import torch.nn.functional as F

@@ -1,10 +1,11 @@
 """Jamba's mixture-of-experts layer (the experts, after routing) as token-sorted grouped GEMMs in Triton,
 with a hand-written backward pass.
 
-Reference: Jamba (arXiv 2403.19887) §2; the readable version is nanohybrid/moe.py::moe_experts
-(ARCHITECTURES.md §2.3). The layout is the one production MoE kernels use (MegaBlocks, Gale et al. 2022,
-arXiv 2211.15841; vLLM's fused_moe): sort the (token, slot) pairs by expert, so that each expert's rows
-are contiguous, and run one "grouped" matmul whose row blocks each belong to a single expert.
+Reference: Jamba (arXiv 2403.19887) §2; the readable version is nanohybrid/moe.py::moe_experts, the router
+of transformers' Jamba (docs/conventions.md, "Jamba layout"). The layout is the one production MoE kernels
+use (MegaBlocks, Gale et al. 2022, arXiv 2211.15841; vLLM's fused_moe): sort the (token, slot) pairs by
+expert, so that each expert's rows are contiguous, and run one "grouped" matmul whose row blocks each
+belong to a single expert.
 
 Every (token, slot) pair is a row r, with token t_r, weight w_r and expert e = e_r. Forward:
 

@@ -1,8 +1,9 @@
 """The RG-LRU recurrence of Griffin as Triton kernels, with a hand-written backward pass.
 
 Reference: De et al. 2024, "Griffin: Mixing Gated Linear Recurrences with Local Attention"
-(arXiv 2402.19427), §2.4; the readable version is nanohybrid/rglru.py::rglru_scan (ARCHITECTURES.md
-§1.1). The gates are computed outside, in PyTorch; this kernel is only the scan. Per channel:
+(arXiv 2402.19427), §2.4; the readable version is nanohybrid/rglru.py::rglru_scan (docs/conventions.md,
+"RG-LRU parametrisation"). The gates are computed outside, in PyTorch; this kernel is only the scan.
+Per channel:
 
     a_t = exp(log a_t),    m_t = sqrt(1 − a_t²)         (the normaliser)
     at a reset (a document's first token): a_t = 0, m_t = 1

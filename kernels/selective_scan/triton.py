@@ -1,8 +1,9 @@
 """Mamba-1 selective scan (S6) as Triton kernels, with a hand-written backward pass.
 
 Reference: Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", §3.2 and
-Algorithm 2; the readable version is nanohybrid/scan.py::selective_scan (ARCHITECTURES.md §4.1). Per
-channel d and state index n, with Δ_t = softplus(dt_t + dt_bias) (the bias and the softplus optional):
+Algorithm 2 (arXiv 2312.00752); the readable version is nanohybrid/scan.py::selective_scan, with Euler
+for B as in mamba_ssm's kernels (docs/conventions.md, "S6 discretisation"). Per channel d and state
+index n, with Δ_t = softplus(dt_t + dt_bias) (the bias and the softplus optional):
 
     α_t = exp(Δ_t A),    u_t = Δ_t x_t,    h_t = α_t ⊙ h_{t-1} + u_t B_t,    s_t = C_t · h_t
     y_t = (s_t + D x_t) ⊙ SiLU(z_t)                                           (the gate only if z is given)

@@ -1,7 +1,8 @@
 """Mamba-2 state space duality (SSD), chunked, as Triton kernels with a hand-written backward pass.
 
 Reference: Dao & Gu 2024, "Transformers are SSMs" (arXiv 2405.21060), §6; the readable version is
-nanohybrid/ssd.py::ssd_chunked (ARCHITECTURES.md §4.2). Per head, with a scalar decay:
+nanohybrid/ssd.py::ssd_chunked (B and C in groups: docs/conventions.md, "Mamba-2 groups"). Per head,
+with a scalar decay:
 
     α_t = exp(Δ_t A_h),    S_t = α_t S_{t-1} + Δ_t x_t ⊗ B_t,    y_t = S_t C_t
 

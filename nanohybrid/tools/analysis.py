@@ -110,7 +110,8 @@ def cache_bytes(config: ModelConfig, context: int, batch: int = 1, dtype=torch.f
     return sizes
 
 
-# The published cache sizes, each in the unit its paper used (HYMBA.md §3): (preset, context, published, unit, divisor).
+# The published cache sizes, each in the unit its paper used (docs/conventions.md, "Hymba layout"):
+# (preset, context, published, unit, divisor).
 PUBLISHED_CACHES = [
     ("hymba-paper", 8192, 78.6, "MB (10^6 B)", 1e6),  # Hymba Table 1 row F; 3 global + 14 SWA producers, + SSM, conv
     ("llama3-paper", 8192, 262, "B / 1,024,000", 1_024_000),  # Hymba Table 2, Llama-3.2-1B
@@ -180,9 +181,10 @@ def projected_hours(preset: str, tokens: float, seq_len: int) -> float:
 
 
 def attention_categories(probabilities, query_index, key_index, n_meta: int) -> dict[str, float]:
-    """Hymba's attention-map categories (§2.4, Fig. 7; HYMBA.md §6): the shares of the real queries'
-    attention that land on the meta tokens (Meta), on the first real token (BOS), on the query itself
-    (Self) and on every other real token (Cross), averaged over real query rows, heads and batch.
+    """Hymba's attention-map categories (§2.4, Fig. 7; docs/conventions.md, "Attention-map categories"): the
+    shares of the real queries' attention that land on the meta tokens (Meta), on the first real token
+    (BOS), on the query itself (Self) and on every other real token (Cross), averaged over real query
+    rows, heads and batch.
 
     probabilities (b, h, L, s), rows summing to 1; query_index (b, L) and key_index (b, s), stream
     indices: the n_meta meta tokens are 0 … M-1 and the first real token is M. The meta tokens' own
@@ -198,8 +200,9 @@ def attention_categories(probabilities, query_index, key_index, n_meta: int) -> 
 
 def implicit_attention_map(delta, A, B, C) -> torch.Tensor:
     """implicit_attention as an attention map: |M| with each row normalised to sum to 1, the form Hymba
-    scores SSM heads in (Fig. 7, after Ben-Kish et al. and Zimerman et al.; HYMBA.md §6). The notes do
-    not say how negative entries are treated: we take magnitudes. Returns (d, l, l), channels as heads."""
+    scores SSM heads in (Fig. 7, after Ben-Kish et al. and Zimerman et al.; docs/conventions.md,
+    "Attention-map categories"). The paper does not say how negative entries are treated: we take
+    magnitudes. Returns (d, l, l), channels as heads."""
     magnitude = implicit_attention(delta, A, B, C).abs()
     return magnitude / magnitude.sum(-1, keepdim=True).clamp_min(torch.finfo(magnitude.dtype).tiny)
 

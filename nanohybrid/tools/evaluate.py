@@ -4,8 +4,9 @@
     python -m nanohybrid.tools.evaluate --ckpt out/hymba-100m --tasks piqa,arc_easy --limit 200
     python -m nanohybrid.tools.evaluate --ckpt out/run --tasks my_task --include-path path/to/task/yamls
 
-Columns follow HYMBA.md §5.2 and §7: Wikitext word perplexity, LAMBADA perplexity, SWDE and SQuAD-C
-(greedy, stop at a newline, 48 tokens, "contains"), their mean, then the accuracy of LAMBADA, PIQA,
+Columns follow Hymba's Table 3 (arXiv 2411.13676; docs/conventions.md, "Evaluation columns"): Wikitext
+word perplexity, LAMBADA perplexity, SWDE and SQuAD-C (greedy, stop at a newline, 48 tokens, "contains",
+as in the harness bundled with NVlabs/hymba), their mean, then the accuracy of LAMBADA, PIQA,
 ARC-C, ARC-E, HellaSwag, Winogrande, TruthfulQA and SIQA and their mean. Accuracy is `acc`, not
 `acc_norm` (the paper's Llama-3.2-3B HellaSwag of 55.29 matches acc); TruthfulQA is `truthfulqa_mc2`
 (the paper does not say which). The harness downloads each task's data, so this needs the network;

@@ -7,7 +7,8 @@ and the gradient of every floating-point input under the same random upstream gr
 candidate runs, every fresh float allocation (torch.empty, torch.empty_like) is filled with NaN, so a
 kernel that leaves part of its output unwritten fails instead of passing by luck.
 
-Bounds (relative error, see testing.py):
+Bounds (relative error, see nanohybrid/tools/testing.py and docs/ladder.md, "How the parity suite
+proves a rung"):
   fp32   KERNEL_FP32 = 1e-4: a kernel sums in a different order (blocks, chunks, atomics) and may
          use exp2/log2 forms; rounding then differs from the reference by ~1e-6, growing with length.
          1e-4 leaves room for that while a wrong mask, gate or index gives errors near 1.

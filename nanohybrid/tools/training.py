@@ -25,7 +25,8 @@ NO_WEIGHT_DECAY = ("A_log", "meta_tokens.embeddings")  # decay would pull A towa
 
 def learning_rate(step: int, total: int, peak: float, minimum: float, warmup: int, schedule: str) -> float:
     """Linear warmup to `peak`, then cosine down to `minimum`, or WSD: stable at `peak`, then a linear
-    decay to `minimum` over the last 20% of steps (Hymba's recipe, HYMBA.md §4.2)."""
+    decay to `minimum` over the last 20% of steps (Hymba's recipe, arXiv 2411.13676 §2.5 and App. E;
+    docs/conventions.md, "Training recipes")."""
     if step < warmup:
         return peak * (step + 1) / warmup
     if schedule == "wsd":
