@@ -1,4 +1,5 @@
-"""What every benchmark shares: the machine it ran on, timing with medians, the correctness gate, tables, plots.
+"""What every benchmark shares: the machine it ran on, timing with medians, the correctness gate, peak memory,
+growth exponents, tables, plots.
 
 Timing: `measure({name: function})` runs `warmup` untimed calls of each, then `repeats` timed rounds that
 call the functions in turn (so that the two sides of a comparison see the same background load), and
@@ -12,6 +13,7 @@ passed (as fla's benchmarks do).
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -192,3 +194,34 @@ def save_figure(fig, name: str) -> Path:
     plt.close(fig)
     print(f"wrote {path}")
     return path
+
+
+def resident_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (high-water mark since the last reset) of this process, in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} missing from /proc/self/status: peak memory on CPU needs Linux")
+
+
+def reset_peak(device) -> float:
+    """Start counting the peak from now; returns the memory in use now (MB)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # reset the peak resident set size to the current one (Linux >= 4.0)
+    return resident_mb("VmRSS")
+
+
+def peak(device) -> float:
+    """The peak memory since reset_peak (MB): the resident high-water mark on a CPU, PyTorch's allocations on a GPU."""
+    return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resident_mb("VmHWM")
+
+
+def exponent(contexts, values) -> float:
+    """Slope of log(value) against log(context), least squares."""
+    xs, ys = [math.log(c) for c in contexts], [math.log(max(v, 1e-12)) for v in values]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)

@@ -20,7 +20,6 @@ contexts) changes most, if by more than 0.3.
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,8 @@ import time
 
 import torch
 
-from bench.common import arguments, figure, log_log, save_figure, setup, synchronize, table, write_report
+from bench.common import (arguments, exponent, figure, log_log, peak, reset_peak, save_figure, setup, synchronize,
+                          table, write_report)
 from nanohybrid.config import ARCHITECTURES, get_config
 from nanohybrid.generate import prefill
 from nanohybrid.model import LanguageModel
@@ -38,29 +38,6 @@ BEND = 0.3  # smallest change of the local exponent reported as a bend
 # Untimed rounds per point, at least this many and this long: a fresh process runs its first calls slower
 # (measured: samba-small's 256-token prefill ran 1.5x slower than later over its first four calls).
 WARMUP_ROUNDS, WARMUP_SECONDS = 2, 2.0
-
-
-def resident_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (high-water mark since the last reset) of this process, in MB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} missing from /proc/self/status: peak memory on CPU needs Linux")
-
-
-def reset_peak(device) -> float:
-    """Start counting the peak from now; returns the memory in use now (MB)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated() / 2**20
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # reset the peak resident set size to the current one (Linux >= 4.0)
-    return resident_mb("VmRSS")
-
-
-def peak(device) -> float:
-    return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resident_mb("VmHWM")
 
 
 def worker(args) -> None:
@@ -113,13 +90,6 @@ def measure_point(arch: str, context: int, args) -> dict:
     if result.returncode:
         raise RuntimeError(f"{arch} at {context} tokens failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def exponent(contexts, values) -> float:
-    """Slope of log(value) against log(context), least squares."""
-    xs, ys = [math.log(c) for c in contexts], [math.log(max(v, 1e-12)) for v in values]
-    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
 
 
 def growth(contexts, values) -> tuple[str, str]:

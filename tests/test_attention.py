@@ -4,9 +4,11 @@ wider than query heads, and KV sharing, checked against PyTorch's own scaled_dot
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from nanohybrid.attention import attention_mask, scaled_dot_product_attention
-from nanohybrid.cache import ForwardContext
+from nanohybrid.cache import EMPTY, ForwardContext
 from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
 from nanohybrid.tools.testing import SAME_MATH, assert_close
@@ -139,8 +141,9 @@ def test_long_prefill_runs_block_by_block_and_matches_the_reference(monkeypatch,
     assert len(blocks) == -(-query_index.shape[1] // 8)
     if max_distance is not None:
         assert all(len(columns) <= n_meta + max_distance + 8 for _, columns in blocks)
-    assert module.query_blocks(key_index[:, 1:], key_index[:, :-1], max_distance, n_meta, 8) is None  # not the last keys
-    assert module.query_blocks(key_index.flip(1), key_index.flip(1), max_distance, n_meta, 8) is None  # a ring buffer
+    for queries, keys in [(key_index[:, 1:], key_index[:, :-1]), (key_index.flip(1), key_index.flip(1))]:
+        # not the last keys; a ring buffer: blocks of queries still, each over every key
+        assert all(columns == slice(None) for _, columns in module.query_blocks(queries, keys, max_distance, n_meta, 8))
 
 
 def test_a_window_runs_in_blocks_of_about_its_size_with_the_reference_gradients(monkeypatch):
@@ -177,3 +180,52 @@ def test_rope_angles_are_computed_once_per_call_and_shared_by_every_layer(monkey
     assert model.config.n_layers > 1
     model(torch.randint(0, 320, (2, 9)))
     assert len(calls) == 1
+
+
+class QueryByKeyTensors(TorchDispatchMode):
+    """Records every tensor an op returns with two axes of at least `length` entries: a score or mask matrix
+    of every query against every key, in a call of `length` queries."""
+
+    def __init__(self, length: int):
+        super().__init__()
+        self.length, self.found = length, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor) and sum(size >= self.length for size in tensor.shape) >= 2:
+                self.found.append(f"{func}: {tuple(tensor.shape)}")
+        return out
+
+
+@pytest.mark.parametrize("call", ["causal", "documents", "cached meta tokens", "rows at different lengths"])
+def test_a_long_sdpa_call_holds_no_query_by_key_matrix(monkeypatch, call):
+    """The sdpa rung's memory grows linearly in a long prefill: no tensor of all l queries against all keys,
+    whatever the mask. The plain causal call reaches PyTorch's fused kernel even with Hymba's value heads
+    twice as wide as the query heads (its math fallback would hold the l x l scores); any other call runs
+    in blocks of queries (here 64), each with its own mask. The output is the reference's."""
+    import kernels.attention.sdpa as module
+    from nanohybrid.attention import attention
+
+    monkeypatch.setattr(module, "QUERY_BLOCK", 64)
+    torch.manual_seed(0)
+    b, h, h_kv, l, hd, n_meta = 2, 4, 2, 200, 8, 3
+    key_index = torch.arange(l).expand(b, l)
+    key_document = torch.zeros(b, l, dtype=torch.long)
+    if call == "documents":
+        key_document = (key_index >= 120).long()
+    if call == "cached meta tokens":
+        key_index = torch.arange(n_meta + l).expand(b, -1)
+        key_document = torch.zeros(b, n_meta + l, dtype=torch.long)
+    if call == "rows at different lengths":  # a stacked cache: row 0 holds 10 tokens, row 1 holds 6 and 4 empty slots
+        cached = torch.tensor([list(range(10)), list(range(6)) + [EMPTY] * 4])
+        key_index = torch.cat([cached, torch.tensor([[10], [6]]) + torch.arange(l)], dim=1)
+        key_document = torch.cat([torch.tensor([[0] * 10, [0] * 6 + [-1] * 4]), torch.zeros(b, l, dtype=torch.long)], dim=1)
+    query_index, query_document = key_index[:, -l:], key_document[:, -l:]
+    s = key_index.shape[1]
+    q, k, v = torch.randn(b, h, l, hd), torch.randn(b, h_kv, s, hd), torch.randn(b, h_kv, s, 2 * hd)
+    arguments = (query_index, key_index, query_document, key_document, None, n_meta, hd**-0.5)
+    with QueryByKeyTensors(l) as recorder:
+        out = module.attention_sdpa(q, k, v, *arguments)
+    assert not recorder.found, f"{call}: l x s tensors {recorder.found[:3]}"
+    assert_close(out, attention(q, k, v, *arguments), SAME_MATH, call)

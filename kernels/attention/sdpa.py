@@ -4,9 +4,13 @@ attention op, whose readable form is nanohybrid/attention.py::attention (explici
 SDPA computes softmax(Q Kᵀ · scale + mask) V without exposing the scores. What this adds around it:
   - a call whose mask is the plain lower triangle (training, a prefill over its own keys) takes SDPA's
     causal path, with no mask tensor at all (plainly_causal);
-  - a long prefill with a sliding window, or after cached keys, runs in blocks of queries, each over only
-    the keys it can see (query_blocks): the mask still decides, but a block holds block × keys scores at
-    a time, and with a window the cost is O(l · (window + block)) instead of O(l²).
+  - every other long call (a sliding window, keys cached before it, packed documents, rows at different
+    lengths) runs in blocks of queries (query_blocks), each with its own mask over the keys it may see:
+    a block holds block × keys scores at a time, never l × l, and with a window the cost is
+    O(l · (window + block)) instead of O(l²);
+  - value heads wider than the query heads (Hymba's are 2·hd) are met by zero-padding q and k to their
+    width (fused), so that PyTorch's fused kernel runs instead of its math fallback, which holds every
+    (l × s) score.
 
 Shape glossary
   b batch   l queries in this call   s keys   h query heads   h_kv key/value heads
@@ -30,24 +34,35 @@ def plainly_causal(query_index, key_index, key_document, max_distance, n_meta: i
 
 
 def query_blocks(query_index, key_index, max_distance, n_meta, block: int):
-    """When the queries are the last l keys of one stream (in order, alike in every row; a prefill after
-    cached meta tokens, or one over its own keys): per block of `block` queries, (query slice, the key
-    columns that block can see: every earlier one, or with a window the meta tokens' and those within it).
-    None for any other call. The mask still decides; this only drops keys that no query of the block can
-    see, so a long prefill holds block × keys scores at a time, and with a window costs O(l · (window + block))."""
+    """Per block of `block` queries: (query slice, the key columns that block may see). When the queries are
+    the last l keys of one stream (in order, alike in every row; a prefill after cached meta tokens, or one
+    over its own keys), the columns are only those the block can see: every earlier one, or with a window
+    the meta tokens' and those within it. Otherwise (a ring buffer, rows at different lengths) every key.
+    The mask still decides; this only bounds what one block holds to block × keys scores, and with a
+    window the cost to O(l · (window + block))."""
     length, keys = query_index.shape[1], key_index.shape[1]
+    rows = [slice(start, min(start + block, length)) for start in range(0, length, block)]
     index, offset = key_index[0], keys - length  # (s,); the first query's column
     if not (torch.equal(query_index, key_index[:, offset:]) and bool((key_index == index).all())
             and bool((index.diff() > 0).all())):
-        return None
+        return [(queries, slice(None)) for queries in rows]
     n_meta_columns = int((index < n_meta).sum())
     blocks = []
-    for start in range(0, length, block):
-        end = min(start + block, length)
-        window_start = 0 if max_distance is None else int(torch.searchsorted(index, index[offset + start] - max_distance))
+    for queries in rows:
+        window_start = 0 if max_distance is None else int(torch.searchsorted(index, index[offset + queries.start] - max_distance))
         meta = torch.arange(min(n_meta_columns, window_start), device=index.device)  # those the window left behind
-        blocks.append((slice(start, end), torch.cat([meta, torch.arange(window_start, offset + end, device=index.device)])))
+        blocks.append((queries, torch.cat([meta, torch.arange(window_start, offset + queries.stop, device=index.device)])))
     return blocks
+
+
+def fused(q, k, v, scale: float, **mask) -> torch.Tensor:
+    """F.scaled_dot_product_attention with GQA, `mask` being is_causal=True or attn_mask. When q, k and v
+    differ in head dim, all are zero-padded to the widest and the output cut back to v's: PyTorch's fused
+    CPU kernel (flash attention, memory linear in l) takes one head dim only, and for unequal ones falls
+    back to its math path, which holds all (l × s) scores. Zero channels add nothing to q · kᵀ."""
+    width, value_width = max(q.shape[-1], v.shape[-1]), v.shape[-1]
+    q, k, v = (x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1])) for x in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True, **mask)[..., :value_width]
 
 
 QUERY_BLOCK = 512  # queries per SDPA call in a long prefill that is not plainly causal (see query_blocks)
@@ -56,18 +71,17 @@ MIN_WINDOW_BLOCK = 64  # with a sliding window, the block shrinks to the window'
 
 @ops.register("attention", "sdpa", devices=("cpu", "cuda"))
 def attention_sdpa(q, k, v, query_index, key_index, query_document, key_document, max_distance, n_meta, scale):
-    """ops.attention through PyTorch's fused scaled_dot_product_attention. A training
-    or prefill call whose mask is the plain lower triangle uses SDPA's own causal path instead of a mask;
-    a call with a sliding window, or another long prefill, runs block by block over the keys each block
-    can see (query_blocks)."""
+    """ops.attention through PyTorch's fused scaled_dot_product_attention. A training or prefill call whose
+    mask is the plain lower triangle uses SDPA's own causal path instead of a mask; any other call of more
+    than one block of queries runs block by block, each over the keys it may see (query_blocks)."""
     if plainly_causal(query_index, key_index, key_document, max_distance, n_meta):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        return fused(q, k, v, scale, is_causal=True)
     # With a window of w, blocks of about w queries see at most about 2w keys each, instead of all of them.
     block = QUERY_BLOCK if max_distance is None else min(QUERY_BLOCK, max(max_distance, MIN_WINDOW_BLOCK))
-    blocks = None if q.shape[2] <= block else query_blocks(query_index, key_index, max_distance, n_meta, block)
-    if blocks is not None:
+    if q.shape[2] > block:
         return torch.cat([attention_sdpa(q[:, :, rows], k[:, :, columns], v[:, :, columns], query_index[:, rows],
                                          key_index[:, columns], query_document[:, rows], key_document[:, columns],
-                                         max_distance, n_meta, scale) for rows, columns in blocks], dim=2)
+                                         max_distance, n_meta, scale)
+                          for rows, columns in query_blocks(query_index, key_index, max_distance, n_meta, block)], dim=2)
     mask = attention_mask(query_index, key_index, query_document, key_document, max_distance, n_meta)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    return fused(q, k, v, scale, attn_mask=mask)
