@@ -70,6 +70,7 @@ class AttentionCore(nn.Module):
         rotary_dim = int(config.rotary_fraction * head_dim)
         self.rope = RotaryEmbedding(rotary_dim, config.rope_theta) if rotary_dim else None
         self.max_distance = config.max_distance(spec.sliding_window)
+        self.cache_distance = None if spec.kv_producer is not None else config.kv_cache_distance(layer_idx)
         self.scale = head_dim**-0.5
 
     def _rotate(self, x, ctx: ForwardContext):
@@ -86,7 +87,7 @@ class AttentionCore(nn.Module):
             if ctx.cache is not None:
                 cache = ctx.state((self.layer_idx, "kv"))
                 if cache is None:
-                    cache = KVCache.empty(k, v, ctx.n_meta, self.max_distance)
+                    cache = KVCache.empty(k, v, ctx.n_meta, self.cache_distance)  # what every reader can see
                     ctx.save((self.layer_idx, "kv"), cache)
                 k, v, key_index, key_document = cache.extend(k, v, key_index, key_document)
             ctx.shared_kv[self.layer_idx] = (k, v, key_index, key_document)

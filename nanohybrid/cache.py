@@ -5,7 +5,8 @@ a time). What each layer keeps between calls:
 
   attention, global          every key and value so far (grows by one slot per token)     KVCache
   attention, sliding window  the meta-token prefix plus a ring buffer of `window` slots    KVCache
-  attention, KV consumer     nothing: it reads its producer's keys and values
+  attention, KV consumer     nothing: it reads its producer's keys and values, so a producer keeps what
+                             its widest consumer sees (every key, if one of them is global)
   Mamba-1 / Mamba-2          the last K-1 conv inputs and the SSM state                    RecurrentState
   RG-LRU                     the last K-1 conv inputs and the hidden state                 RecurrentState
 

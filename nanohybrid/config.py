@@ -118,6 +118,14 @@ class ModelConfig:
         """max_distance of the sliding-window layers."""
         return self.max_distance(self.sliding_window)
 
+    def kv_cache_distance(self, producer: int) -> int | None:
+        """The largest q - k that the KV cache of layer `producer` must keep: what the widest of it and its
+        KV consumers sees (None, every key, if one of them is global). In Hymba's groups all share one
+        window; a sliding-window producer read by a global consumer must keep every key."""
+        readers = [spec for i, spec in enumerate(self.layers) if producer in (i, spec.kv_producer)]
+        distances = [self.max_distance(spec.sliding_window) for spec in readers]
+        return None if None in distances else max(distances)
+
     @property
     def layers(self) -> tuple[LayerSpec, ...]:
         return layer_pattern(self)
@@ -133,6 +141,12 @@ class ModelConfig:
         need(self.mlp_activation in ("silu", "gelu_tanh"), 'mlp_activation must be "silu" or "gelu_tanh"')
         specs = self.layers
         mixers = {spec.mixer for spec in specs}
+        for i, spec in enumerate(specs):
+            producer = spec.kv_producer
+            need(producer is None or (spec.mixer in ("attention", "hymba") and 0 <= producer < i
+                                      and specs[producer].mixer == spec.mixer and specs[producer].kv_producer is None),
+                 f"layer {i} reads keys and values from layer {producer}, which must be an earlier {spec.mixer} "
+                 "layer with its own keys and values")
         if mixers & {"attention", "hymba"}:
             need(self.d_model % self.n_heads == 0 or self.head_dim is not None,
                  f"n_heads={self.n_heads} must divide d_model={self.d_model} (or set head_dim)")

@@ -3,11 +3,13 @@ prefill, token-by-token decoding, windows that wrap, meta tokens, KV sharing, Mo
 batched prompts of different lengths); the bytes it allocates equal the accounting formula; the
 published cache sizes come out of that formula; the meta-token prefix is computed once."""
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 
 from nanohybrid.cache import InferenceCache
-from nanohybrid.config import ARCHITECTURES, get_config
+from nanohybrid.config import ARCHITECTURES, PRESETS, LayerSpec, ModelConfig, get_config
 from nanohybrid.generate import decode, prefill, prefill_prompts
 from nanohybrid.model import LanguageModel
 from nanohybrid.tools.analysis import cache_bytes, published_cache_table
@@ -180,3 +182,62 @@ def test_meta_prefix_is_computed_once_and_again_after_the_weights_change():
     assert runs.count(model.config.n_meta_tokens) == 2
     with torch.no_grad():
         assert_close(changed[:1], model(torch.tensor([prompts[0]])).logits[:, -1], SAME_MATH, "after the change")
+
+
+
+@dataclass
+class OwnLayout(ModelConfig):
+    """A ModelConfig given its own layer list instead of its architecture's pattern."""
+
+    own_layers: tuple[LayerSpec, ...] = ()
+
+    @property
+    def layers(self) -> tuple[LayerSpec, ...]:
+        return self.own_layers
+
+
+# Sliding-window producers (window 4) whose consumers see more: a global consumer, and a wider window (12).
+WIDER_CONSUMERS = (LayerSpec("hymba", "mlp"), LayerSpec("hymba", "mlp", 4), LayerSpec("hymba", "mlp", None, kv_producer=1),
+                   LayerSpec("hymba", "mlp", 4), LayerSpec("hymba", "mlp", 12, kv_producer=3))
+
+
+def test_a_producer_keeps_what_its_widest_consumer_sees():
+    """A KV producer's cache holds what its widest consumer can see: every key for a global consumer, 12 past
+    keys for a consumer with a wider window, not the producer's own 4. So cached generation (chunked prefill,
+    token by token, prompts of different lengths decoded together) equals the full forward pass, with meta
+    tokens and batch 2, long after the producers' own windows have moved on; the bytes equal the formula."""
+    torch.manual_seed(0)
+    config = OwnLayout(**{**PRESETS["hymba-tiny"], "n_layers": len(WIDER_CONSUMERS)}, own_layers=WIDER_CONSUMERS)
+    model = LanguageModel(config).eval()
+    tokens = random_tokens(model, 2, 27, seed=3)
+    with torch.no_grad():
+        full = model(tokens).logits
+        assert_close(generate_logits(model, tokens, [3] + [1] * 24), full, SAME_MATH, "token by token")
+        cache, chunked = InferenceCache(), []
+        for start, end in ((0, 11), (11, 16), (16, 27)):
+            chunked.append(model(tokens[:, start:end], cache=cache).logits)
+        assert_close(torch.cat(chunked, dim=1), full, SAME_MATH, "chunked prefill")
+        assert cache.nbytes() == cache_bytes(config, 27, batch=2)
+        logits, cache = prefill_prompts(model, [tokens[0, :20].tolist(), tokens[1, :9].tolist()])
+        for step in range(6):  # row 0 continues at token 20, row 1 at token 9
+            assert_close(logits, torch.stack([full[0, 19 + step], full[1, 8 + step]]), SAME_MATH, f"step {step}")
+            logits = model(torch.stack([tokens[0, 20 + step], tokens[1, 9 + step]])[:, None], cache=cache).logits[:, -1]
+
+
+
+def hymba_reading(producer, window=4):
+    return LayerSpec("hymba", "mlp", window, kv_producer=producer)
+
+
+BAD_PRODUCERS = {  # layer 0 is an attention layer, layer 1 a hymba producer
+    "a later layer": (hymba_reading(3), LayerSpec("hymba", "mlp", 4)),
+    "a consumer": (hymba_reading(1), hymba_reading(2)),
+    "another mixer": (hymba_reading(1), hymba_reading(0)),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PRODUCERS)
+def test_a_layout_whose_kv_producer_cannot_serve_is_refused(case):
+    layers = (LayerSpec("attention", "mlp"), LayerSpec("hymba", "mlp", 4), *BAD_PRODUCERS[case])
+    with pytest.raises(ValueError, match=r"layer \d reads keys and values from layer \d, which must be an earlier hymba"):
+        OwnLayout(**{**PRESETS["hymba-tiny"], "n_layers": 4}, own_layers=layers)

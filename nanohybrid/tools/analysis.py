@@ -85,11 +85,12 @@ def cache_bytes(config: ModelConfig, context: int, batch: int = 1, dtype=torch.f
     n_meta, sizes = config.n_meta_tokens, {}
     for layer, spec in enumerate(config.layers):
         if spec.mixer in ("attention", "hymba") and spec.kv_producer is None:
-            if spec.sliding_window is None:
+            distance = config.kv_cache_distance(layer)  # what the widest of the layer and its KV consumers sees
+            if distance is None:
                 slots = n_meta + context
                 kind = "kv-global"
             else:
-                slots = n_meta + min(context, config.max_distance(spec.sliding_window))
+                slots = n_meta + min(context, distance)
                 kind = "kv-window"
             slots -= 0 if meta_entries else n_meta
             value_head = config.d_inner // config.n_heads if spec.mixer == "hymba" else config.qk_head_dim
