@@ -45,6 +45,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     norm_offset: bool = False  # Gemma RMSNorm: scale by (1 + w)
     tie_embeddings: bool = True
+    embedding_padding_idx: int | None = None  # this token's input row gets no gradient from the lookup (Hymba: 0)
     scale_embeddings: bool = False  # multiply embeddings by sqrt(d_model) rounded to bf16 (RecurrentGemma)
     logit_softcap: float | None = None  # cap * tanh(logits / cap) (RecurrentGemma: 30)
     # Attention.
@@ -171,6 +172,9 @@ class ModelConfig:
             need(1 <= self.experts_per_token <= self.n_experts,
                  f"experts_per_token={self.experts_per_token} must be between 1 and n_experts={self.n_experts}")
         need(self.n_meta_tokens >= 0, "n_meta_tokens must be >= 0")
+        need(self.embedding_padding_idx is None or 0 <= self.embedding_padding_idx < self.vocab_size,
+             f"embedding_padding_idx={self.embedding_padding_idx} must be a token id below vocab_size={self.vocab_size}, "
+             "or None")
 
 
 def _hymba_layers(config: ModelConfig) -> list[LayerSpec]:
@@ -220,7 +224,7 @@ def layer_pattern(config: ModelConfig) -> tuple[LayerSpec, ...]:
 
 ARCH_DEFAULTS = {
     "hymba": dict(ssm_inner_norms=True, window_convention="distance", norm_eps=1e-6, n_meta_tokens=DEFAULT_META_TOKENS,
-                  fusion_beta_init=0.1),
+                  fusion_beta_init=0.1, embedding_padding_idx=0),
     "jamba": dict(ssm_inner_norms=True, rotary_fraction=0.0, norm_eps=1e-6, tie_embeddings=False),
     "griffin": dict(norm_offset=True, mlp_activation="gelu_tanh", mlp_bias=True, attention_out_bias=True,
                     n_kv_heads=1, rotary_fraction=0.5, window_convention="distance", norm_eps=1e-6),
@@ -262,7 +266,8 @@ ARCH_SIZES = {
     ("samba", "small"): dict(d_ff=640),
     ("jamba", "small"): dict(n_layers=8, d_ff=128),
     ("mamba", "small"): dict(d_model=352),
-    ("hymba", "100m"): dict(d_ff=1920),
+    # SmolLM's token 0 is <|endoftext|>, the document separator: its input row learns, as in every other 100m preset.
+    ("hymba", "100m"): dict(d_ff=1920, embedding_padding_idx=None),
     ("mamba2", "100m"): dict(d_model=864, d_state=128, mamba2_head_dim=64),
     ("mamba2-ffn", "100m"): dict(d_ff=2176, d_state=128, mamba2_head_dim=64),
     ("samba", "100m"): dict(d_ff=2560),

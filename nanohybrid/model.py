@@ -71,7 +71,8 @@ class LanguageModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
+        # padding_idx: that row's lookup passes no gradient (the released Hymba); init_weights still draws it.
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.embedding_padding_idx)
         self.meta_tokens = MetaTokens(config.n_meta_tokens, config.d_model) if config.n_meta_tokens else None
         self.blocks = nn.ModuleList(Block(config, spec, i) for i, spec in enumerate(config.layers))
         self.final_norm = RMSNorm(config.d_model, config.norm_eps, config.norm_offset)

@@ -129,3 +129,39 @@ def test_hybrid_heads_start_writing_at_the_scale_of_llamas_attention():
         llama = _first_mixer_write(f"llama3-{size}")
         assert _first_mixer_write(f"hymba-{size}") < 1.5 * llama
         assert _first_mixer_write(f"hymba-{size}", fusion_beta_init=1.0) > 4 * llama  # the released init, for contrast
+
+
+def padding_row_gradients(padding_idx):
+    """hymba-tiny's loss on tokens with several 0s -> (row 0's gradient, the tied head's share of it, logits)."""
+    torch.manual_seed(0)
+    model = LanguageModel(get_config("hymba-tiny", embedding_padding_idx=padding_idx))
+    tokens = torch.tensor([[0, 5, 0, 9, 3, 0, 7], [2, 0, 4, 0, 0, 8, 1]])
+    head_inputs = []  # x entering the tied head: the final norm's output, meta tokens stripped
+    model.final_norm.register_forward_hook(lambda module, inputs, out: head_inputs.append(out))
+    output = model(tokens, tokens.roll(-1, dims=1))
+    output.logits.retain_grad()
+    output.loss.backward()
+    head_share = torch.einsum("bl,bld->d", output.logits.grad[..., 0], model.meta_tokens.strip(head_inputs[0]))
+    return model.embedding.weight.grad[0], head_share, output.logits
+
+
+def test_the_padding_token_row_learns_only_from_the_tied_lm_head():
+    """embedding_padding_idx (the released code's padding_idx=0): token 0's input row gets no gradient from
+    the lookup, so its gradient is exactly the tied LM head's, Σ over positions of ∂L/∂logit[0] · x. Without
+    the option the lookup adds its share. The weights, and so the logits, are the same either way."""
+    assert get_config("hymba-tiny").embedding_padding_idx == 0
+    padded_row, padded_head_share, padded_logits = padding_row_gradients(0)
+    row, head_share, logits = padding_row_gradients(None)
+    assert_close(padded_row, padded_head_share, SAME_MATH, "padding row gradient = the head's")
+    assert (row - head_share).norm() > 0.1 * head_share.norm()  # without the option the lookup adds to it
+    assert torch.equal(padded_logits, logits)
+
+
+def test_only_hymba_presets_set_a_padding_token():
+    from nanohybrid.config import PRESETS
+
+    for name in PRESETS:  # hymba-100m: SmolLM's token 0 is <|endoftext|>, the document separator
+        expected = 0 if name.startswith("hymba-") and name != "hymba-100m" else None
+        assert get_config(name).embedding_padding_idx == expected, name
+    assert LanguageModel(get_config("hymba-tiny")).embedding.padding_idx == 0
+    assert LanguageModel(get_config("llama3-tiny")).embedding.padding_idx is None
