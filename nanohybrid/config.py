@@ -8,8 +8,9 @@ window and which share keys and values); the other fields set the sizes. Each pa
 
     hymba       hybrid head in every block; global attention in the first, middle and last blocks,
                 sliding window elsewhere, adjacent sliding-window blocks share K/V; SwiGLU MLP
-    jamba       attention where i % 8 == 4, Mamba-1 (inner norms) elsewhere; MoE where i % 2 == 1
-    griffin     (RG-LRU, RG-LRU, local MQA) repeated; GeGLU MLP          hawk: RG-LRU only
+    jamba       attention where i % attn_layer_period == attn_layer_offset (8, 4), Mamba-1 (inner norms)
+                elsewhere; MoE where i % expert_layer_period == expert_layer_offset (2, 1)
+    griffin     block_types repeated, by default (RG-LRU, RG-LRU, local MQA); GeGLU MLP    hawk: RG-LRU only
     samba       Mamba-1 on even blocks, sliding-window attention on odd blocks; SwiGLU MLP
     mamba2      Mamba-2 blocks, no MLP                                    mamba2-ffn: Mamba-2 + MLP
     mamba       Mamba-1 blocks, no MLP                                    llama3: attention + MLP
@@ -75,6 +76,15 @@ class ModelConfig:
     # RG-LRU.
     lru_width: int | None = None  # default d_model
     conv_cuts_documents: bool = True  # the conv's taps stop at a document start (DeepMind; transformers: False)
+    # RecurrentGemma's block_types: the pattern Griffin repeats over its layers, "recurrent" or "attention".
+    # A string is read as comma-separated names (the command line: --block_types=recurrent,attention).
+    block_types: tuple[str, ...] | str = ("recurrent", "recurrent", "attention")
+    # Jamba's pattern, as transformers' JambaConfig names it: attention where i % attn_layer_period ==
+    # attn_layer_offset, an MoE where i % expert_layer_period == expert_layer_offset (Jamba §2: 1 in 8, 1 in 2).
+    attn_layer_period: int = 8
+    attn_layer_offset: int = 4
+    expert_layer_period: int = 2
+    expert_layer_offset: int = 1
     # Mixture of experts.
     n_experts: int = 0
     experts_per_token: int = 2
@@ -84,6 +94,9 @@ class ModelConfig:
     fusion_beta_init: float = 1.0  # initial β1, β2 of Hymba's fusion norms (the released checkpoints' code: 1)
 
     def __post_init__(self):
+        if isinstance(self.block_types, str):  # the command line's comma-separated form
+            self.block_types = self.block_types.split(",")
+        self.block_types = tuple(name.strip() for name in self.block_types)  # or a list, from a saved config.json
         self.validate()
 
     # Derived sizes.
@@ -140,6 +153,14 @@ class ModelConfig:
         need(self.n_layers >= 1 and self.d_model >= 1 and self.vocab_size >= 1, "sizes must be positive")
         need(self.window_convention in ("keys", "distance"), 'window_convention must be "keys" or "distance"')
         need(self.mlp_activation in ("silu", "gelu_tanh"), 'mlp_activation must be "silu" or "gelu_tanh"')
+        if self.arch == "griffin":
+            need(len(self.block_types) >= 1 and set(self.block_types) <= {"recurrent", "attention"},
+                 f'block_types={",".join(self.block_types)}: name one or more blocks, each "recurrent" or "attention"')
+        if self.arch == "jamba":
+            for kind in ("attn", "expert"):
+                period, offset = getattr(self, f"{kind}_layer_period"), getattr(self, f"{kind}_layer_offset")
+                need(0 <= offset < period, f"{kind}_layer_offset={offset} must be at least 0 and below "
+                     f"{kind}_layer_period={period} (the layers where i % period == offset)")
         specs = self.layers
         mixers = {spec.mixer for spec in specs}
         for i, spec in enumerate(specs):
@@ -210,9 +231,11 @@ def layer_pattern(config: ModelConfig) -> tuple[LayerSpec, ...]:
         "mamba2": lambda i: LayerSpec("mamba2", "none"),
         "mamba2-ffn": lambda i: LayerSpec("mamba2", "mlp"),
         "samba": lambda i: LayerSpec("mamba", "mlp") if i % 2 == 0 else LayerSpec("attention", "mlp", window),
-        "griffin": lambda i: LayerSpec("attention", "mlp", window) if i % 3 == 2 else LayerSpec("rglru", "mlp"),
+        "griffin": lambda i: (LayerSpec("attention", "mlp", window) if config.block_types[i % len(config.block_types)]
+                              == "attention" else LayerSpec("rglru", "mlp")),
         "hawk": lambda i: LayerSpec("rglru", "mlp"),
-        "jamba": lambda i: LayerSpec("attention" if i % 8 == 4 else "mamba", "moe" if i % 2 == 1 else "mlp"),
+        "jamba": lambda i: LayerSpec("attention" if i % config.attn_layer_period == config.attn_layer_offset else "mamba",
+                                     "moe" if i % config.expert_layer_period == config.expert_layer_offset else "mlp"),
     }
     return tuple(patterns[config.arch](i) for i in range(n))
 

@@ -185,7 +185,12 @@ def _load_student_function(op: str, spec: str, modified: int) -> Implementation:
     _interpret_triton_without_a_gpu()  # a student's file may define Triton kernels
     module_spec = importlib.util.spec_from_file_location(f"student_{op}_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise ValueError(f"{op}={spec}: {path} line {error.lineno}: {error.msg}; fix the file and run again") from None
+    except Exception as error:  # the file runs code at import that fails: say where, in one line
+        raise ValueError(f"{op}={spec}: importing {path} raised {type(error).__name__}: {error}") from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ValueError(f"{op}={spec}: {path} defines no function {function_name!r}")

@@ -122,6 +122,31 @@ def test_inconsistent_mixer_config_fails_at_construction(name, overrides, messag
         get_config(name, **overrides)
 
 
+@pytest.mark.parametrize("name, overrides, message", [
+    ("jamba-tiny", dict(attn_layer_offset=8), r"attn_layer_offset=8 must be at least 0 and below attn_layer_period=8"),
+    ("jamba-tiny", dict(attn_layer_period=0, attn_layer_offset=0), r"attn_layer_offset=0 must be .* attn_layer_period=0"),
+    ("jamba-tiny", dict(expert_layer_offset=-1), r"expert_layer_offset=-1 must be at least 0 and below expert_layer_period=2"),
+    ("griffin-tiny", dict(block_types=("recurrent", "local")), r'block_types=recurrent,local: .* "recurrent" or "attention"'),
+    ("griffin-tiny", dict(block_types=()), r"block_types=: name one or more blocks"),
+])
+def test_a_layer_pattern_that_cannot_be_built_is_refused_in_one_line(name, overrides, message):
+    with pytest.raises(ValueError, match=message) as refused:
+        get_config(name, **overrides)
+    assert "\n" not in str(refused.value)
+
+
+def test_layer_pattern_fields_set_the_layers():
+    """Jamba's periods and offsets, and Griffin's block types, as a tuple or a comma-separated string (the
+    command line's form); a saved config.json gives a list."""
+    jamba = get_config("jamba-tiny", attn_layer_period=3, attn_layer_offset=0, expert_layer_period=4, expert_layer_offset=3)
+    assert [(spec.mixer, spec.ffn) for spec in jamba.layers[:5]] == [
+        ("attention", "mlp"), ("mamba", "mlp"), ("mamba", "mlp"), ("attention", "moe"), ("mamba", "mlp")]
+    for block_types in (("attention", "recurrent"), "attention, recurrent", ["attention", "recurrent"]):
+        griffin = get_config("griffin-tiny", n_layers=5, block_types=block_types)
+        assert griffin.block_types == ("attention", "recurrent")
+        assert [spec.mixer for spec in griffin.layers] == ["attention", "rglru", "attention", "rglru", "attention"]
+
+
 def test_too_long_sequence_is_refused_with_its_length():
     model = build("llama3-tiny")
     with pytest.raises(ValueError, match="sequence of 513 tokens exceeds max_seq_len=512"):

@@ -33,8 +33,8 @@ from tests.oracles import assert_every_parameter_copied, modeling_jamba, transfo
 AUX_COEF = 0.1
 HF_KWARGS = dict(
     vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=8, num_attention_heads=4,
-    num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, expert_layer_period=2, expert_layer_offset=1,
-    attn_layer_period=8, attn_layer_offset=4, mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=8,
+    num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+    mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=8,
     rms_norm_eps=1e-6, tie_word_embeddings=False, router_aux_loss_coef=AUX_COEF, use_cache=False,
     pad_token_id=None,  # else HF's embedding has padding_idx=0: a zero row that never gets a gradient
     attn_implementation="eager", experts_implementation="eager",
@@ -80,16 +80,17 @@ def hf_weight(name: str, hf: dict, d_ff: int) -> tuple[torch.Tensor, str]:
     return hf[source], source
 
 
-def build_pair(seed: int = 0):
+def build_pair(seed: int = 0, **pattern):
+    """HF's model and ours with its weights; `pattern` (attn_layer_period, ...) goes to both configs."""
     torch.manual_seed(seed)
-    hf = modeling_jamba.JambaForCausalLM(transformers.JambaConfig(**HF_KWARGS)).eval()
+    hf = modeling_jamba.JambaForCausalLM(transformers.JambaConfig(**HF_KWARGS, **pattern)).eval()
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if p.ndim == 1 or name.endswith("A_log"):  # norm weights, D, biases, A_log
                 p.add_(0.2 * torch.randn_like(p))
             elif name.endswith("router.weight"):
                 p.mul_(10.0)
-    config = get_config("jamba-tiny", **OUR_CONFIG)
+    config = get_config("jamba-tiny", **OUR_CONFIG, **pattern)
     ours = LanguageModel(config).eval()
     hf_params = dict(hf.named_parameters())
     state = {name: hf_weight(name, hf_params, config.d_ff)[0].detach().clone() for name in ours.state_dict()}
@@ -97,9 +98,14 @@ def build_pair(seed: int = 0):
     return hf, ours
 
 
+PUBLISHED_PATTERN = dict(attn_layer_period=8, attn_layer_offset=4, expert_layer_period=2, expert_layer_offset=1)
+# Attention at layers 1 and 5, the MoE at 2 and 5: a layer with both, and MoE layers next to each other's.
+OTHER_PATTERN = dict(attn_layer_period=4, attn_layer_offset=1, expert_layer_period=3, expert_layer_offset=2)
+
+
 @pytest.fixture(scope="module")
 def pair():
-    return build_pair()
+    return build_pair(**PUBLISHED_PATTERN)
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +124,28 @@ def test_config_matches_hf_layer_pattern(pair):
     assert [s.mixer for s in ours.config.layers] == hf.config.layers_block_type
     assert [s.ffn == "moe" for s in ours.config.layers] == [n > 1 for n in hf.config.layers_num_experts]
     assert hf.lm_head.weight is not hf.model.embed_tokens.weight and ours.lm_head is not None
+
+
+def test_the_defaults_are_the_published_pattern():
+    config = get_config("jamba-tiny")
+    assert {name: getattr(config, name) for name in PUBLISHED_PATTERN} == PUBLISHED_PATTERN
+    assert {name: getattr(transformers.JambaConfig(), name) for name in PUBLISHED_PATTERN} == PUBLISHED_PATTERN
+
+
+def test_another_layer_pattern_matches_hf(tokens):
+    """attn_layer_period/offset and expert_layer_period/offset set as in transformers' JambaConfig: the same
+    layers on both sides, and the same logits, router logits and loss."""
+    hf, ours = build_pair(**OTHER_PATTERN)
+    assert [s.mixer for s in ours.config.layers] == hf.config.layers_block_type
+    assert [i for i, s in enumerate(ours.config.layers) if s.mixer == "attention"] == [1, 5]
+    assert [i for i, s in enumerate(ours.config.layers) if s.ffn == "moe"] == [2, 5]
+    assert [s.ffn == "moe" for s in ours.config.layers] == [n > 1 for n in hf.config.layers_num_experts]
+    with torch.no_grad():
+        mine, theirs = run_both(hf, ours, tokens)
+    assert_close(mine.logits, theirs.logits, SAME_MATH, name="logits")
+    for layer, (a, b) in zip((2, 5), zip(mine.router_logits, theirs.router_logits, strict=True)):
+        assert_close(a, b, SAME_MATH, name=f"router logits of layer {layer}")
+    assert_close(mine.loss, theirs.loss, SAME_MATH, name="loss")
 
 
 def test_weight_mapping_covers_every_parameter_on_both_sides(pair):

@@ -50,7 +50,7 @@ CANCELLING_SUM = 1e-3  # the clipped channel's gradient elements: 6x the reorder
 HF_KWARGS = dict(
     num_hidden_layers=3, vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=2 * 192, num_attention_heads=4,
     num_key_value_heads=1, lru_width=D_MODEL, attention_window_size=WINDOW, conv1d_width=4, logits_soft_cap=30.0,
-    block_types=["recurrent", "recurrent", "attention"], rms_norm_eps=1e-6, w_init_variance_scale=1.0,
+    rms_norm_eps=1e-6, w_init_variance_scale=1.0,
     pad_token_id=None, use_cache=False, attn_implementation="eager",  # no padding_idx: it zeroes a row's gradient
 )
 OUR_CONFIG = dict(
@@ -89,17 +89,28 @@ def build_ours(hf, **overrides) -> LanguageModel:
     return ours
 
 
-@pytest.fixture(scope="module")
-def pair():
+PUBLISHED_BLOCKS = ("recurrent", "recurrent", "attention")
+OTHER_BLOCKS = ("attention", "recurrent")  # 3 layers: attention, RG-LRU, attention
+
+
+def build_hf(block_types=PUBLISHED_BLOCKS):
     torch.manual_seed(0)
-    hf = modeling_recurrent_gemma.RecurrentGemmaForCausalLM(transformers.RecurrentGemmaConfig(**HF_KWARGS)).eval()
+    config = transformers.RecurrentGemmaConfig(**HF_KWARGS, block_types=list(block_types))
+    hf = modeling_recurrent_gemma.RecurrentGemmaForCausalLM(config).eval()
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if name.endswith(("norm.weight", "bias")):  # all start at zero
                 p.add_(0.2 * torch.randn_like(p))
             elif name.endswith(("q_proj.weight", "k_proj.weight", "o_proj.weight")):  # sharper, louder attention
                 p.mul_(3.0)
-        hf.get_parameter(hf_name(CLIPPED_GATE))[0, 0] = -16.0  # r_t ≈ 1e-7: 1 - a_t² in the clipped range
+        if block_types[0] == "recurrent":
+            hf.get_parameter(hf_name(CLIPPED_GATE))[0, 0] = -16.0  # r_t ≈ 1e-7: 1 - a_t² in the clipped range
+    return hf
+
+
+@pytest.fixture(scope="module")
+def pair():
+    hf = build_hf()
     return hf, build_ours(hf)
 
 
@@ -120,12 +131,31 @@ def hf_logits(hf, tokens, positions=None):
     return hf(input_ids=tokens, position_ids=positions, use_cache=False).logits
 
 
+def hf_layer_types(config) -> list[str]:
+    """Our layers named as transformers' RecurrentGemmaConfig.layers_block_type names them."""
+    return [{"rglru": "linear_attention", "attention": "sliding_attention"}[spec.mixer] for spec in config.layers]
+
+
 def test_config_matches_hf_layer_pattern(pair):
     hf, ours = pair
-    kinds = {"rglru": "linear_attention", "attention": "sliding_attention"}
-    assert [kinds[spec.mixer] for spec in ours.config.layers] == hf.config.layers_block_type
+    assert hf_layer_types(ours.config) == hf.config.layers_block_type
     assert hf.lm_head.weight is hf.model.embed_tokens.weight and ours.lm_head is None  # tied on both sides
     assert hf.model.normalizer.item() == ours.embedding_scale == 8.0
+
+
+def test_the_default_blocks_are_the_published_pattern():
+    assert get_config("griffin-tiny").block_types == PUBLISHED_BLOCKS
+    assert tuple(transformers.RecurrentGemmaConfig().block_types) == PUBLISHED_BLOCKS
+
+
+def test_another_block_pattern_matches_hf(tokens):
+    """block_types set as in RecurrentGemma's config, and repeated over the layers as there."""
+    hf = build_hf(OTHER_BLOCKS)
+    ours = build_ours(hf, block_types=OTHER_BLOCKS)
+    assert [spec.mixer for spec in ours.config.layers] == ["attention", "rglru", "attention"]
+    assert hf_layer_types(ours.config) == hf.config.layers_block_type
+    with torch.no_grad():
+        assert_close(ours(tokens).logits, hf_logits(hf, tokens), SAME_MATH, "logits")
 
 
 def test_weight_mapping_covers_every_parameter_on_both_sides(pair):
