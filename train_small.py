@@ -5,25 +5,19 @@
     python train_small.py --preset=hymba-tiny --d_model=96  any ModelConfig field: --field=value
     python train_small.py --resume --out=out/hymba-small    continue the latest checkpoint
 
-Flags set the run (--max-steps, --lr, ...); any other --key=value must be a ModelConfig field and is
-type-checked against it. An unknown key is an error, as in nanoGPT's "poor man's configurator": one
-dataclass per concern, no config framework to learn.
+Flags set the run (--max-steps, --lr, ...; nanohybrid/tools/settings.py lists them with their defaults);
+any other --key=value must be a ModelConfig field and is type-checked against it.
 
 Writes out/<run>/: checkpoints/step-NNNNNN/ (model.safetensors, config.json, state.pt with optimizer
 and data position), `latest` naming the newest complete checkpoint, metrics.jsonl and loss.png.
 """
 
-import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import sys
 import time
-import types
-import typing
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,91 +26,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nanohybrid import ops
-from nanohybrid.config import ModelConfig, get_config
+from nanohybrid.config import get_config
 from nanohybrid.generate import generate
 from nanohybrid.model import LanguageModel
 from nanohybrid.tools.compare import TABLE_3_ARCHITECTURES as COMPARED
 from nanohybrid.tools.compare import train_mqar, write_report
 from nanohybrid.tools.data import get_batch, load_corpus
+from nanohybrid.tools.settings import TrainConfig, parse_args, resumed_settings
 from nanohybrid.tools.tokenizer import load_tokenizer
-from nanohybrid.tools.training import (learning_rate, load_checkpoint, load_model, make_optimizer, plot_losses,
-                                       save_checkpoint, validation_loss)
-
-SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9}
-
-
-@dataclass
-class TrainConfig:
-    preset: str = "hymba-small"
-    compare: bool = False  # train Hymba's apples-to-apples five (hymba, mamba2, mamba2-ffn, llama3, samba) instead
-    size: str = "small"  # the preset size --compare uses
-    kernels: str = ""  # op implementations, e.g. "attention=sdpa,rglru_scan=triton" (nanohybrid/ops.py)
-    data: str = "embedded"
-    tokenizer: str = "bytes"
-    max_steps: int = 300
-    tokens: int | None = None  # instead of max_steps: train on this many tokens
-    batch_size: int = 8
-    seq_len: int = 256
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    schedule: str = "cosine"  # "cosine", or "wsd" (warmup, stable, then linear decay over the last 20%)
-    warmup: int = 30
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    dtype: str = "fp32"  # or "bf16" (autocast)
-    compile: bool = False
-    resume: bool = False
-    out: str | None = None  # default out/<preset>
-    seed: int = 1337
-    eval_interval: int = 100
-    eval_batches: int = 8
-    sample_tokens: int = 200
-
-
-def parse_value(text: str, annotation, name: str):
-    """Convert `text` to the type a dataclass field is annotated with; a clear error otherwise."""
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    if text.lower() == "none" and type(None) in options:
-        return None
-    for option in options:
-        if option is bool and text.lower() in ("true", "false", "1", "0"):
-            return text.lower() in ("true", "1")
-        if option is int and text[-1:].upper() in SUFFIXES and text[:-1].replace(".", "", 1).isdigit():
-            return int(float(text[:-1]) * SUFFIXES[text[-1].upper()])  # --tokens=10B
-        if option in (int, float, str):
-            try:
-                return option(text)
-            except ValueError:
-                continue
-    raise ValueError(f"--{name}={text}: expected {' or '.join(getattr(o, '__name__', str(o)) for o in options)}")
-
-
-def parse_args(argv) -> tuple[TrainConfig, dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    hints = typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        if hints[field.name] is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
-        else:
-            parser.add_argument(flag, default=field.default,
-                                type=lambda text, f=field: parse_value(text, hints[f.name], f.name))
-    args, rest = parser.parse_known_args(argv)
-    model_hints = typing.get_type_hints(ModelConfig)
-    overrides = {}
-    for item in rest:
-        key, equals, value = item.removeprefix("--").partition("=")
-        if not item.startswith("--") or not equals or key not in model_hints or key == "arch":
-            raise ValueError(f"unknown option {item!r}: flags are {', '.join('--' + f.name.replace('_', '-') for f in dataclasses.fields(TrainConfig))}; "
-                             f"model fields are --<field>=<value> for {', '.join(k for k in model_hints if k != 'arch')}")
-        overrides[key] = parse_value(value, model_hints[key], key)
-    train = TrainConfig(**vars(args))
-    if train.schedule not in ("cosine", "wsd"):
-        raise ValueError(f"--schedule={train.schedule}: choose cosine or wsd")
-    if train.dtype not in ("fp32", "bf16"):
-        raise ValueError(f"--dtype={train.dtype}: choose fp32 or bf16")
-    return train, overrides
+from nanohybrid.tools.training import (MetricsLog, learning_rate, load_checkpoint, load_model, make_optimizer,
+                                       nonfinite_parameters, plot_losses, remove_run, run_directory, save_checkpoint,
+                                       validation_loss)
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -131,27 +51,34 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, dist.get_world_size(), device
 
 
-def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, device=torch.device("cpu")) -> dict:
-    """One training run; returns its summary. With world > 1 the processes share each step's micro-batches."""
-    torch.manual_seed(run.seed)
+def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, device=torch.device("cpu"),
+          given: set[str] | None = None) -> dict:
+    """One training run; returns its summary. With world > 1 the processes share each step's micro-batches.
+    `given`: the settings the command line named (the others come from the checkpoint on --resume)."""
     out, main_process = Path(run.out or f"out/{run.preset}"), rank == 0
-    if run.grad_accum % world:
-        raise ValueError(f"--grad-accum={run.grad_accum} must be a multiple of the {world} processes")
-    tokenizer = load_tokenizer(run.tokenizer)
-    tokens_per_step = run.batch_size * run.seq_len * run.grad_accum
-    total_steps = run.tokens // tokens_per_step if run.tokens else run.max_steps
-    train_tokens = total_steps * tokens_per_step + run.seq_len + 1
-    corpus = load_corpus(run.data, tokenizer, train_tokens, max(train_tokens // 50, run.seq_len + 2), run.seed)
-
-    start_step, metrics = 0, []
+    if main_process:
+        run_directory(out, run.resume, run.overwrite)
+    start_step, notes = 0, []
     if run.resume:
+        if overrides:
+            raise ValueError(f"--{next(iter(overrides))}: a resumed run keeps its checkpoint's model; drop the model "
+                             "fields, or start a new run with another --out")
         model, meta = load_model(out)
         state = torch.load(load_checkpoint(out)[1] / "state.pt", weights_only=True)
         start_step = state["step"]
-        logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        metrics = [entry for entry in logged if entry["step"] <= start_step]
+        run, notes = resumed_settings(run, given, meta["train"], start_step)
+        if start_step >= run.total_steps:
+            raise ValueError(f"{out} is already at step {start_step} of {run.total_steps}; pass --max-steps (or "
+                             f"--tokens) beyond it to train further")
     else:
         model = LanguageModel(get_config(run.preset, **overrides))
+    if run.grad_accum % world:
+        raise ValueError(f"--grad-accum={run.grad_accum} must be a multiple of the {world} processes")
+    torch.manual_seed(run.seed)
+    tokenizer = load_tokenizer(run.tokenizer)
+    tokens_per_step, total_steps = run.batch_size * run.seq_len * run.grad_accum, run.total_steps
+    train_tokens = total_steps * tokens_per_step + run.seq_len + 1
+    corpus = load_corpus(run.data, tokenizer, train_tokens, max(train_tokens // 50, run.seq_len + 2), run.seed)
     if model.config.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"the model's vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
                          f"{tokenizer.vocab_size}; pass --vocab_size={tokenizer.vocab_size}")
@@ -166,10 +93,12 @@ def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, devi
     if world > 1:  # experts that get no token in a micro-batch leave parameters unused
         moe = any(spec.ffn == "moe" for spec in model.config.layers)
         step_model = DistributedDataParallel(step_model, find_unused_parameters=moe)
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        log = (out / "metrics.jsonl").open("w")
-        log.writelines(json.dumps(entry) + "\n" for entry in metrics)
+    if main_process:  # everything checked: from here on the run directory changes
+        if run.overwrite and not run.resume:
+            remove_run(out)
+        log = MetricsLog(out / "metrics.jsonl", keep_through=start_step)
+        for note in notes:
+            print(note, file=sys.stderr)
         print(f"{run.preset}: {model.num_parameters() / 1e6:.2f}M parameters, {len(corpus['train']) / 1e6:.1f}M training "
               f"tokens, {total_steps} steps of {tokens_per_step} tokens on {world} x {device.type} -> {out}")
 
@@ -194,9 +123,7 @@ def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, devi
             dist.all_reduce(loss_sum)  # each process's share of the step's mean loss, summed
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip).item()
         if not (math.isfinite(loss_sum.item()) and math.isfinite(grad_norm)):
-            latest = (out / "latest").read_text().strip() if (out / "latest").exists() else "none yet"
-            raise ValueError(f"the loss became {loss_sum.item()} at step {step + 1}, so training stopped before that "
-                             f"update; the last good checkpoint is {out}/{latest}: lower --lr and --resume")
+            stop_diverged(out, f"the loss became {loss_sum.item()} at step {step + 1}, so training stopped before that update")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if not main_process:
@@ -205,17 +132,25 @@ def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, devi
                  "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
         if (step + 1) % run.eval_interval == 0 or step + 1 == total_steps:
             entry["val_loss"] = validation_loss(model, corpus["val"], run.batch_size, run.seq_len, run.eval_batches, run.seed + 1, bf16)
+            broken = nonfinite_parameters(model)
+            if broken or not math.isfinite(entry["val_loss"]):
+                stop_diverged(out, f"after the update of step {step + 1} the validation loss is {entry['val_loss']}"
+                              + (f" and {broken[0]} holds NaN or inf" if broken else "") + ", so it was not saved")
+            log.append(entry)
+            log.sync()  # the metrics up to this checkpoint are on disk before `latest` names it
             save_checkpoint(out, model, optimizer, dataclasses.asdict(run), step + 1)
-        log.write(json.dumps(entry) + "\n")
-        log.flush()
-        metrics.append(entry)
+        else:
+            log.append(entry)
         rate = (step + 1 - start_step) * tokens_per_step / (time.time() - started)
-        last_val = next((m["val_loss"] for m in reversed(metrics) if "val_loss" in m), float("nan"))
-        progress.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{rate:.0f}", val=f"{last_val:.3f}")
+        shown = {"loss": f"{entry['loss']:.3f}", "tok_s": f"{rate:.0f}"}
+        last_val = next((m["val_loss"] for m in reversed(log.entries) if "val_loss" in m), None)
+        if last_val is not None:  # no column until the first evaluation
+            shown["val"] = f"{last_val:.3f}"
+        progress.set_postfix(shown)
     if not main_process:
         return {}
     log.close()
-    plot_losses(metrics, out / "loss.png")
+    plot_losses(log.entries, out / "loss.png")
     val_loss = validation_loss(model, corpus["val"], run.batch_size, run.seq_len, run.eval_batches, run.seed + 1, bf16)
     print(f"validation loss {val_loss:.4f} nats/token, perplexity {math.exp(val_loss):.2f}")
     return {"preset": run.preset, "out": str(out), "val_loss": val_loss, "parameters": model.num_parameters(),
@@ -223,12 +158,21 @@ def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, devi
             "model": model, "tokenizer": tokenizer}
 
 
-def compare(run: TrainConfig, overrides: dict, rank: int, world: int, device) -> None:
+def stop_diverged(out: Path, what: str) -> None:
+    latest = (out / "latest").read_text().strip() if (out / "latest").exists() else None
+    good = f"the last good checkpoint is {out}/{latest}: lower --lr and --resume" if latest else \
+        "no good checkpoint was written yet: lower --lr and start again with --overwrite"
+    raise ValueError(f"{what}; {good}")
+
+
+def compare(run: TrainConfig, overrides: dict, rank: int, world: int, device, given: set[str] | None = None) -> None:
     """Hymba's Table 3 at our scale: the five architectures, one recipe, equal size; then recall (MQAR)."""
     root, results = Path(run.out or f"out/compare-{run.size}"), []
+    for arch in COMPARED if rank == 0 else ():  # every run directory is checked before the first run starts
+        run_directory(root / f"{arch}-{run.size}", run.resume, run.overwrite)
     for arch in COMPARED:
         preset = f"{arch}-{run.size}"
-        summary = train(dataclasses.replace(run, preset=preset, out=str(root / preset)), overrides, rank, world, device)
+        summary = train(dataclasses.replace(run, preset=preset, out=str(root / preset)), overrides, rank, world, device, given)
         if rank == 0:
             print(f"{preset}: MQAR ...", flush=True)
             results.append({"arch": arch, **summary, "mqar": train_mqar(arch, run.seed, device)})
@@ -238,15 +182,15 @@ def compare(run: TrainConfig, overrides: dict, rank: int, world: int, device) ->
 
 
 def main(argv=None) -> None:
-    run, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    run, overrides, given = parse_args(sys.argv[1:] if argv is None else argv, __doc__)
     if run.kernels:
         ops.parse_selection(run.kernels)  # an unknown op, implementation or file is an error now, not mid-run
         os.environ["NANOHYBRID_KERNELS"] = run.kernels  # the same as setting it in the shell
     rank, world, device = setup_distributed()
     try:
         if run.compare:
-            return compare(run, overrides, rank, world, device)
-        summary = train(run, overrides, rank, world, device)
+            return compare(run, overrides, rank, world, device, given)
+        summary = train(run, overrides, rank, world, device, given)
     finally:
         if world > 1:
             dist.destroy_process_group()
@@ -262,5 +206,5 @@ def main(argv=None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # bad input, or a disk that cannot take the run: one line, exit 1
         sys.exit(f"error: {error}")

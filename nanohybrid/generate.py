@@ -28,6 +28,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """logits (b, V) -> next tokens (b,)."""
     check_sampling(temperature, top_k, top_p)
+    if not torch.isfinite(logits).all():
+        raise ValueError("the model's logits hold NaN or inf: its weights or inputs are not finite (a run that "
+                         "diverged?); sample from an earlier checkpoint, or retrain with a lower --lr")
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature

@@ -203,6 +203,7 @@ def test_compare_trains_the_five_and_writes_its_report(tmp_path, corpus, monkeyp
 
 
 def test_overrides_are_type_checked_and_token_counts_take_suffixes():
-    run, overrides = train_small.parse_args(["--tokens=10B", "--lr=1e-3", "--d_model=96", "--sliding_window=None"])
+    run, overrides, given = train_small.parse_args(["--tokens=10B", "--lr=1e-3", "--d_model=96", "--sliding_window=None"])
     assert run.tokens == 10**10 and run.lr == 1e-3 and overrides == {"d_model": 96, "sliding_window": None}
+    assert given == {"tokens", "lr"}
     assert train_small.parse_args(["--max-steps=2_000", "--no-compile"])[0].max_steps == 2000

@@ -19,6 +19,7 @@ Shape glossary
   b batch   l sequence length
 """
 
+import glob
 import hashlib
 import os
 import socket
@@ -80,7 +81,7 @@ def parse_smollm(spec: str) -> dict[str, float]:
 def data_files(spec: str) -> list[str]:
     """The .txt/.jsonl/.parquet files a --data path names (a file, a directory or a glob), all of one kind."""
     path = Path(spec)
-    files = sorted(path.rglob("*")) if path.is_dir() else [path] if path.is_file() else sorted(Path().glob(spec))
+    files = sorted(path.rglob("*")) if path.is_dir() else [path] if path.is_file() else sorted(map(Path, glob.glob(spec)))
     files = [f for f in files if f.suffix in FILE_BUILDERS]
     if not files:
         raise DataError(f"--data={spec}: no .txt, .jsonl or .parquet files there; use --data=embedded offline")

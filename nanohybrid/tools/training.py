@@ -4,13 +4,18 @@ checkpoints that survive a crash, and the loss plot. train_small.py is the scrip
 A checkpoint is a directory out/<run>/checkpoints/step-NNNNNN/ with model.safetensors (the weights),
 config.json (model and run settings) and state.pt (optimizer state and step). It is written under a
 temporary name and renamed when complete; then `out/<run>/latest`, a one-line file naming it, is
-replaced atomically. A crash at any moment leaves `latest` pointing at a complete checkpoint.
+replaced atomically. A crash at any moment leaves `latest` pointing at a complete checkpoint. Only a
+good model is saved: finite weights and a finite validation loss.
+
+metrics.jsonl holds one JSON line per step, appended as the step ends (MetricsLog).
 """
 
 import dataclasses
 import json
 import math
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -45,6 +50,38 @@ def make_optimizer(model: LanguageModel, lr: float, weight_decay: float) -> torc
         (decay if parameter.dim() >= 2 and not name.endswith(NO_WEIGHT_DECAY) else no_decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+def run_directory(out: Path, resume: bool, overwrite: bool) -> None:
+    """Check, before anything is written, that `out` can take this run; create it. A new run never
+    replaces an earlier one unless asked (--overwrite), and nothing of the earlier one is touched here."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out={out} is a file, not a directory: name a directory for the run")
+    earlier = (out / "latest").exists() or (out / "metrics.jsonl").exists()
+    if resume and not (out / "latest").exists():
+        raise ValueError(f"--resume: {out} holds no checkpoint to continue; drop --resume to start a run there")
+    if earlier and not resume and not overwrite:
+        raise ValueError(f"{out} already holds a run: pass --resume to continue it, --overwrite to start it again "
+                         "(deleting it), or another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out={out}: cannot create it ({error.strerror}); choose a writable directory") from None
+    try:
+        tempfile.TemporaryFile(dir=out).close()  # can files be made there? (permissions, a read-only disk)
+    except OSError as error:
+        raise ValueError(f"--out={out}: cannot write there ({error.strerror}); choose a writable directory") from None
+
+
+def remove_run(out: Path) -> None:
+    """--overwrite: the earlier run's checkpoints, pointer, metrics and plot."""
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    for name in ("latest", "metrics.jsonl", "loss.png"):
+        (out / name).unlink(missing_ok=True)
+
+
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    return [name for name, parameter in model.named_parameters() if not torch.isfinite(parameter).all()]
 
 
 def save_checkpoint(out: Path, model: LanguageModel, optimizer, settings: dict, step: int) -> Path:
@@ -89,7 +126,51 @@ def load_model(path: Path) -> tuple[LanguageModel, dict]:
     except Exception as error:
         raise ValueError(f"cannot load the weights in {directory} ({type(error).__name__}); "
                          "the checkpoint is damaged: retrain or pick another") from None
+    if broken := nonfinite_parameters(model):
+        raise ValueError(f"the weights in {directory} are not finite ({broken[0]} holds NaN or inf): the run diverged "
+                         "before this checkpoint; use an earlier one or retrain with a lower --lr")
     return model, meta
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The entries of a metrics.jsonl; a last line cut short by a kill mid-write is left out."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    entries = []
+    for number, line in enumerate(lines):
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines) - 1:
+                raise ValueError(f"{path} line {number + 1} is not JSON: the file is damaged") from None
+    return entries
+
+
+class MetricsLog:
+    """metrics.jsonl, appended one line per step and flushed at once, so that a kill loses at most the
+    line being written; synced to disk with each checkpoint. A run resumed from step s keeps the lines of
+    steps 1..s (the later ones are trained again): they are rewritten under a temporary name and renamed,
+    so no moment exists at which the file holds less."""
+
+    def __init__(self, path: Path, keep_through: int = 0):
+        self.entries = [entry for entry in read_metrics(path) if entry["step"] <= keep_through]
+        temporary = path.with_name(path.name + ".tmp")
+        with temporary.open("w") as file:
+            file.writelines(json.dumps(entry) + "\n" for entry in self.entries)
+            file.flush()
+            os.fsync(file.fileno())
+        temporary.replace(path)
+        self.file = path.open("a")
+
+    def append(self, entry: dict) -> None:
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+        self.entries.append(entry)
+
+    def sync(self) -> None:
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
 
 
 @torch.no_grad()
