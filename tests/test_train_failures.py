@@ -140,6 +140,7 @@ def test_overwrite_starts_an_existing_run_again(finished_run, corpus):
     (["--max-steps=-5"], "--max-steps=-5: must be at least 1"),
     (["--batch-size=-3"], "--batch-size=-3: must be at least 1"),
     (["--lr=1e39"], "--lr=1e+39: use a positive learning rate that fp32 can hold"),
+    (["--lr=1e38"], "--lr=1e+38: use a positive learning rate that fp32 can hold"),
     (["--lr=-1"], "--lr=-1.0: use a positive learning rate"),
     (["--min-lr=-1"], "--min-lr=-1.0: use 0 or a positive learning rate"),
     (["--tokens=100"], "--tokens=100: less than one step"),

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ModelConfig
+from .training import BETAS
 
 SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9}
 LARGEST_FLOAT32 = torch.finfo(torch.float32).max
+LARGEST_LR = LARGEST_FLOAT32 * (1 - BETAS[0])  # AdamW's first step, lr / (1 - β1), is an fp32 scalar
 THIS_INVOCATION = ("resume", "overwrite", "out", "compare", "size", "kernels", "compile")  # never taken from a checkpoint
 NOT_THE_CURVE = (*THIS_INVOCATION, "preset", "eval_interval", "eval_batches", "sample_tokens")  # change no loss
 
@@ -63,7 +65,7 @@ class TrainConfig:
         if self.tokens is not None and not self.tokens >= self.batch_size * self.seq_len * self.grad_accum:
             raise ValueError(f"--tokens={self.tokens}: less than one step of --batch-size x --seq-len x --grad-accum = "
                              f"{self.batch_size * self.seq_len * self.grad_accum} tokens")
-        if not 0 < self.lr <= LARGEST_FLOAT32:
+        if not 0 < self.lr <= LARGEST_LR:
             raise ValueError(f"--lr={self.lr}: use a positive learning rate that fp32 can hold (typically 1e-4 to 1e-2)")
         if not 0 <= self.min_lr <= LARGEST_FLOAT32:
             raise ValueError(f"--min-lr={self.min_lr}: use 0 or a positive learning rate")

@@ -25,6 +25,7 @@ from ..config import ModelConfig
 from ..model import LanguageModel
 from .data import get_batch
 
+BETAS = (0.9, 0.95)
 NO_WEIGHT_DECAY = ("A_log", "meta_tokens.embeddings")  # decay would pull A towards -1 and meta tokens to 0
 
 
@@ -49,7 +50,7 @@ def make_optimizer(model: LanguageModel, lr: float, weight_decay: float) -> torc
     for name, parameter in model.named_parameters():
         (decay if parameter.dim() >= 2 and not name.endswith(NO_WEIGHT_DECAY) else no_decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=lr, betas=BETAS)
 
 
 def run_directory(out: Path, resume: bool, overwrite: bool) -> None:
