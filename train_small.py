@@ -71,10 +71,10 @@ def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, devi
             raise ValueError(f"{out} is already at step {start_step} of {run.total_steps}; pass --max-steps (or "
                              f"--tokens) beyond it to train further")
     else:
+        torch.manual_seed(run.seed)  # the initial weights
         model = LanguageModel(get_config(run.preset, **overrides))
     if run.grad_accum % world:
         raise ValueError(f"--grad-accum={run.grad_accum} must be a multiple of the {world} processes")
-    torch.manual_seed(run.seed)
     tokenizer = load_tokenizer(run.tokenizer)
     tokens_per_step, total_steps = run.batch_size * run.seq_len * run.grad_accum, run.total_steps
     train_tokens = total_steps * tokens_per_step + run.seq_len + 1
