@@ -45,7 +45,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.to(torch.promote_types(self.weight.dtype, torch.float32))  # fp32, or fp64 in fp64 tests
+        weight = self.weight.to(ops.compute_dtype(self.weight))  # fp32, or fp64 in fp64 tests
         scale = weight + 1.0 if self.offset else weight
         return ops.rms_norm(x, scale, self.group_size, self.eps)
 

@@ -70,7 +70,7 @@ class SelectiveSSM(nn.Module):
         if self.inner_norms:
             dt, B, C = self.dt_norm(dt), self.B_norm(B), self.C_norm(C)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, l, E); the bias is added inside the scan, before softplus
-        A = -torch.exp(self.A_log.float())  # (E, N), negative so the state decays
+        A = -torch.exp(self.A_log.to(ops.compute_dtype(self.A_log)))  # (E, N), negative so the state decays
         y, ssm_state = ops.selective_scan(
             x, dt, A, B, C, self.D, z, dt_bias=self.dt_proj.bias, dt_softplus=True,
             initial_state=None if state is None else state.ssm,
@@ -128,8 +128,9 @@ class Mamba2(nn.Module):
         x, B, C = xBC.split([xBC.shape[-1] - 2 * group_width, group_width, group_width], dim=-1)
         x = x.unflatten(-1, (self.n_heads, self.head_dim))  # (b, l, H, P)
         B, C = B.unflatten(-1, (self.groups, self.state_size)), C.unflatten(-1, (self.groups, self.state_size))
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # (b, l, H)
-        A = -torch.exp(self.A_log.float())  # (H,)
+        dtype = ops.compute_dtype(dt)  # fp32, or fp64 for an fp64 model
+        dt = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype))  # (b, l, H)
+        A = -torch.exp(self.A_log.to(dtype))  # (H,)
         y, ssm_state = ops.ssd(x, dt, A, B, C, self.chunk_size, None if state is None else state.ssm)
         y = y + self.D[:, None].to(y.dtype) * x  # the D skip, per head
         ctx.save((self.layer_idx, "ssm"), RecurrentState(conv_state, ssm_state))

@@ -35,7 +35,7 @@ def moe_experts(x, expert_weights, experts, gate_proj, up_proj, down_proj) -> to
 
     x (t, d); expert_weights, experts (t, k); gate_proj, up_proj (n, I, d); down_proj (n, d, I) -> (t, d).
     """
-    accumulate = torch.promote_types(x.dtype, torch.float32)  # the weighted sum over experts, in fp32 at least
+    accumulate = ops.compute_dtype(x)  # the weighted sum over experts, in fp32 at least
     out = torch.zeros(x.shape, dtype=accumulate, device=x.device)
     for expert in range(gate_proj.shape[0]):
         token, slot = torch.nonzero(experts == expert, as_tuple=True)

@@ -47,6 +47,12 @@ FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # what P
 KERNEL_FLOATS = FLOATS[:3]  # what the upstream kernels take
 
 
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype the readable references compute in for this input: fp32 for fp32, bf16 and fp16 (states
+    and sums are kept in fp32), fp64 for fp64, so that the parity suite's reference run in float64 is exact."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
 @dataclass(frozen=True)
 class Implementation:
     op: str

@@ -10,7 +10,7 @@ parametrisation"). For input x_t:
     h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t)
 
 sqrt(1 - a_t²) keeps the state's scale bounded as a_t → 1. At a document start (position 0) the state
-resets: a_t = 0 and the normaliser is 1, so h_t = i_t ⊙ x_t. The state is kept in fp32.
+resets: a_t = 0 and the normaliser is 1, so h_t = i_t ⊙ x_t. The state is kept in fp32 (fp64 for fp64 inputs).
 
 rglru_scan is the recurrence as a loop over time, differentiated by autograd; its fast forms are
 kernels/rglru_scan/cpu.py (the loop's backward written out) and kernels/rglru_scan/triton.py.
@@ -47,17 +47,18 @@ class SqrtBoundedGradient(torch.autograd.Function):
 
 
 def decay_and_normaliser(log_a, reset):
-    """a_t = exp(log a_t) and the normaliser sqrt(1 - a_t²), both (b, l, R) in fp32; at a reset 0 and 1.
-    log_a (b, l, R); reset (b, l) bool."""
-    log_a, reset = log_a.float(), reset[..., None]
+    """a_t = exp(log a_t) and the normaliser sqrt(1 - a_t²), both (b, l, R) in fp32 (fp64 for fp64 log_a);
+    at a reset 0 and 1. log_a (b, l, R); reset (b, l) bool."""
+    log_a, reset = log_a.to(ops.compute_dtype(log_a)), reset[..., None]
     a = torch.where(reset, 0.0, torch.exp(log_a))
     normaliser = torch.where(reset, 1.0, SqrtBoundedGradient.apply(1.0 - torch.exp(2.0 * log_a)))
     return a, normaliser
 
 
 def initial_or_zeros(x, initial_state=None) -> torch.Tensor:
-    """The state h_0 in fp32: the given one, or zeros (b, R)."""
-    return x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32) if initial_state is None else initial_state.float()
+    """The state h_0 in x's compute dtype (fp32, fp64 for fp64): the given one, or zeros (b, R)."""
+    dtype = ops.compute_dtype(x)
+    return x.new_zeros(x.shape[0], x.shape[2], dtype=dtype) if initial_state is None else initial_state.to(dtype)
 
 
 @ops.register("rglru_scan", "reference")
@@ -69,7 +70,7 @@ def rglru_scan(x, log_a, reset, initial_state=None):
     a, normaliser = decay_and_normaliser(log_a, reset)
     h, states = initial_or_zeros(x, initial_state), []
     for t in range(x.shape[1]):
-        h = a[:, t] * h + normaliser[:, t] * x[:, t].float()  # h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t)
+        h = a[:, t] * h + normaliser[:, t] * x[:, t].to(h.dtype)  # h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t)
         states.append(h)
     return torch.stack(states, dim=1).to(x.dtype), h
 

@@ -15,7 +15,7 @@ kernels/selective_scan/cpu.py; the Triton kernel beside it.
 
 Shape glossary
   b  batch      l  sequence length      d  channels (d_inner)      n  state size (d_state)
-  x, dt, z (b, l, d)    A (d, n)    B, C (b, l, n)    D, dt_bias (d)    state h (b, d, n), fp32
+  x, dt, z (b, l, d)    A (d, n)    B, C (b, l, n)    D, dt_bias (d)    state h (b, d, n), fp32 (fp64 for fp64)
 """
 
 import torch
@@ -26,24 +26,26 @@ from .ssd import segment_sum
 
 
 def step_sizes(dt, dt_bias=None, dt_softplus: bool = False) -> torch.Tensor:
-    """Δ = softplus(dt + dt_bias) in fp32 (the bias and the softplus each optional). (b, l, d) -> (b, l, d)."""
-    dt = dt.float() if dt_bias is None else dt.float() + dt_bias.float()
+    """Δ = softplus(dt + dt_bias) in fp32, or fp64 for fp64 dt (the bias and the softplus each optional).
+    (b, l, d) -> (b, l, d)."""
+    dtype = ops.compute_dtype(dt)
+    dt = dt.to(dtype) if dt_bias is None else dt.to(dtype) + dt_bias.to(dtype)
     return F.softplus(dt) if dt_softplus else dt
 
 
 def initial_or_zeros(x, A, initial_state=None) -> torch.Tensor:
-    """The state h_0 in fp32: the given one, or zeros (b, d, n)."""
+    """The state h_0 in x's compute dtype (fp32, fp64 for fp64): the given one, or zeros (b, d, n)."""
     if initial_state is None:
-        return x.new_zeros(x.shape[0], x.shape[2], A.shape[-1], dtype=torch.float32)
-    return initial_state.float()
+        return x.new_zeros(x.shape[0], x.shape[2], A.shape[-1], dtype=ops.compute_dtype(x))
+    return initial_state.to(ops.compute_dtype(x))
 
 
 def skip_and_gate(y, x, D=None, z=None) -> torch.Tensor:
-    """y + D ⊙ x, then ⊙ SiLU(z), returned in x's dtype. y (b, l, d) in fp32."""
+    """y + D ⊙ x, then ⊙ SiLU(z), returned in x's dtype. y (b, l, d) in x's compute dtype."""
     if D is not None:
-        y = y + D.float() * x.float()
+        y = y + D.to(y.dtype) * x.to(y.dtype)
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(y.dtype))
     return y.to(x.dtype)
 
 
@@ -62,7 +64,7 @@ def selective_scan(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole sequence, one step at a time. Returns y (b, l, d) in x's dtype and the final state (b, d, n) in fp32."""
     dt, h = step_sizes(dt, dt_bias, dt_softplus), initial_or_zeros(x, A, initial_state)
-    dt_x, A, B, C = dt * x.float(), A.float(), B.float(), C.float()  # Δ ⊙ x (b, l, d)
+    dt_x, A, B, C = dt * x.to(dt.dtype), A.to(dt.dtype), B.to(dt.dtype), C.to(dt.dtype)  # Δ ⊙ x (b, l, d)
     outputs = []
     for t in range(x.shape[1]):
         decay = torch.exp(dt[:, t, :, None] * A)  # Ā_t = exp(Δ_t A), (b, d, n)

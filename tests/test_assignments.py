@@ -39,7 +39,7 @@ def test_a_correct_solution_passes(capsys, op):
 
 def test_a_triton_kernel_passes(capsys):
     status, output = run_grader(capsys, "rglru_scan", f"{STUDENTS}/triton_solutions.py:rglru_scan")
-    assert status == 0 and "14/14 checks passed" in output, output
+    assert status == 0 and "19/19 checks passed" in output, output
 
 
 @pytest.mark.parametrize("op", grade.ASSIGNMENTS)
@@ -63,6 +63,8 @@ BROKEN = [  # (op, file, what the hint must say)
      "your forward is right but the backward isn't (dinitial_state, dlog_a, dx): if you wrote a custom autograd"),
     ("rglru_scan", "rglru_scan_leaves_output_unwritten.py:scan",
      "part of your output is never written (the suite fills fresh torch.empty with NaN"),
+    ("rglru_scan", "rglru_scan_returns_only_h.py:scan", "your function returned one tensor of shape (2, 37, 24); "
+     "return a tuple (h, final_state)"),
     ("rglru_scan", "rglru_scan_squeezes.py:scan", "raised IndexError at rglru_scan_squeezes.py:11 in case 'long, "
      "no reset, no initial state' (x (1, 64, 40), log_a (1, 64, 40), reset (1, 64)): tuple index out of range"),
     ("selective_scan", "selective_scan_ignores_initial_state.py:scan",

@@ -2,11 +2,13 @@
 written out in float64, resets, the Λ initialisation, the bounded sqrt gradient, and continuation from a
 state."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from nanohybrid import ops
 from nanohybrid.rglru import GATE_CONSTANT, RGLRU, SqrtBoundedGradient, rglru_scan, rglru_step
-from nanohybrid.tools.testing import SAME_MATH, assert_close
+from nanohybrid.tools.testing import FLOAT64, SAME_MATH, assert_close
 
 
 def rglru_by_the_equations(module: RGLRU, x, reset, h0):
@@ -47,6 +49,23 @@ def test_module_matches_the_equations_with_resets_and_an_initial_state():
     expected_y, expected_final = rglru_by_the_equations(module, x, reset, h0)
     assert_close(y, expected_y, SAME_MATH, "h")
     assert_close(final, expected_final, SAME_MATH, "final state")
+
+
+@pytest.mark.parametrize("rung", ["reference", "cpu"])
+def test_module_computes_in_float64_when_given_float64(rung):
+    """The parity suite's expected values are the reference run in float64: given float64 inputs the gates and
+    the scan compute in float64 (ops.compute_dtype), within FLOAT64 of the equations, where one fp32 step would
+    miss by ~1e-7."""
+    module = make_module().double()
+    x, h0 = torch.randn(2, 12, 8, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64)
+    reset = torch.zeros(2, 12, dtype=torch.bool)
+    reset[0, 5] = True
+    with ops.use(rglru_scan=rung):
+        y, final = module(x, reset, h0)
+    expected_y, expected_final = rglru_by_the_equations(module, x, reset, h0)
+    assert final.dtype == torch.float64
+    assert_close(y, expected_y, FLOAT64, "h")
+    assert_close(final, expected_final, FLOAT64, "final state")
 
 
 def test_reset_forgets_everything_before_it():

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import kernels.selective_scan.cpu as blocked
 from nanohybrid.scan import selective_scan, selective_scan_step
-from nanohybrid.tools.testing import SAME_MATH, assert_close
+from nanohybrid.tools.testing import FLOAT64, SAME_MATH, assert_close
 
 
 def closed_form(x, dt, A, B, C, D, z, initial_state):
@@ -67,6 +67,21 @@ def test_scan_matches_closed_form_outputs_state_and_every_gradient(form, monkeyp
     )
     for name, grad, expected in zip(inputs, ours, theirs):
         assert_close(grad, expected, SAME_MATH, f"d{name}")
+
+
+@pytest.mark.parametrize("form", ["reference", "cpu, blocks of 4"])
+def test_scan_computes_in_float64_when_given_float64(form, monkeypatch):
+    """The parity suite's expected values are the reference run in float64: given float64 inputs the scan
+    computes in float64 (ops.compute_dtype), within FLOAT64 of the closed form, where one fp32 step would
+    miss by ~1e-7."""
+    function, block = FORMS[form]
+    monkeypatch.setattr(blocked, "BLOCK", block or blocked.BLOCK)
+    inputs = {name: t.double() for name, t in random_inputs().items()}
+    y, final = function(**inputs)
+    expected_y, expected_final = closed_form(**inputs)
+    assert final.dtype == torch.float64
+    assert_close(y, expected_y, FLOAT64, "y")
+    assert_close(final, expected_final, FLOAT64, "final state")
 
 
 def test_dt_bias_and_softplus_are_applied_inside():

@@ -57,7 +57,8 @@ class LinearRecurrence(torch.autograd.Function):
 
 @ops.register("rglru_scan", "cpu", devices=("cpu",))
 def rglru_scan(x, log_a, reset, initial_state=None):
-    """ops.rglru_scan through LinearRecurrence: h (b, l, R) in x's dtype, the final state (b, R) in fp32."""
+    """ops.rglru_scan through LinearRecurrence: h (b, l, R) in x's dtype, the final state (b, R) in fp32
+    (fp64 for fp64 inputs)."""
     a, normaliser = decay_and_normaliser(log_a, reset)
-    h = LinearRecurrence.apply(a, normaliser * x.float(), initial_or_zeros(x, initial_state))
+    h = LinearRecurrence.apply(a, normaliser * x.to(a.dtype), initial_or_zeros(x, initial_state))
     return h.to(x.dtype), h[:, -1]

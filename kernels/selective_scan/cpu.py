@@ -47,7 +47,7 @@ def scan_blocks(dt, dt_x, A, B, C, state, keep: bool = False):
     Returns y = C · h (b, l, d), the final state h_l and, if `keep`, every block's (Ā, h), each (T, b, d, n).
     """
     outputs, kept = [], []
-    with torch.autocast(dt.device.type, enabled=False):  # fp32 math: autocast would run the readout in bf16
+    with torch.autocast(dt.device.type, enabled=False):  # dt's dtype: autocast would run the readout in bf16
         for steps in time_blocks(dt.shape[1]):
             dt_block, dt_x_block, B_block, C_block = time_first(steps, dt, dt_x, B, C)
             decays = torch.exp(dt_block[..., None] * A)  # Ā_t = exp(Δ_t A), (T, b, d, n)
@@ -84,7 +84,7 @@ class SelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_final):
         dt, dt_x, A, B, C, initial = ctx.saved_tensors
-        with torch.autocast(dt.device.type, enabled=False):  # fp32 math, as in the forward
+        with torch.autocast(dt.device.type, enabled=False):  # no autocast, as in the forward
             grads = {"dt": [], "dt_x": [], "B": [], "C": []}  # per block, (T, b, d) or (T, b, n), last block first
             grad_A = torch.zeros_like(A)
             carry = grad_final  # Ā_{t+1} ⊙ g_{t+1}
@@ -114,9 +114,9 @@ class SelectiveScan(torch.autograd.Function):
 
 @ops.register("selective_scan", "cpu", devices=("cpu",))
 def selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None):
-    """ops.selective_scan, blocked: y (b, l, d) in x's dtype and the final state (b, d, n) in fp32."""
-    dt, state = step_sizes(dt, dt_bias, dt_softplus), initial_or_zeros(x, A, initial_state)
-    inputs = (dt, dt * x.float(), A.float(), B.float(), C.float(), state)
+    """ops.selective_scan, blocked: y (b, l, d) in x's dtype and the final state (b, d, n) in fp32 (fp64 for fp64)."""
+    dt, state = step_sizes(dt, dt_bias, dt_softplus), initial_or_zeros(x, A, initial_state)  # in the compute dtype
+    inputs = (dt, dt * x.to(dt.dtype), A.to(dt.dtype), B.to(dt.dtype), C.to(dt.dtype), state)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         y, state = SelectiveScan.apply(*inputs)
     else:

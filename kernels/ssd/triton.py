@@ -6,12 +6,15 @@ with a scalar decay:
 
     α_t = exp(Δ_t A_h),    S_t = α_t S_{t-1} + Δ_t x_t ⊗ B_t,    y_t = S_t C_t
 
-Forward, for chunks of Q positions. Inside a chunk write X_t = Δ_t x_t, cum_t = Σ_{k≤t} log α_k (the
-cumulative log decay from the chunk's start), total = cum at the chunk's end, L[t, s] = exp(cum_t − cum_s)
-for s ≤ t (else 0), and S0 the state the chunk starts from:
-  2. chunk state   S_c = Σ_s exp(total − cum_s) X_s ⊗ B_s                  (_chunk_state_kernel)
+Forward, for chunks of Q positions. Inside a chunk write X_t = Δ_t x_t, a_k = log α_k = Δ_k A_h, and
+    cum_t = Σ_{k≤t} a_k (from the chunk's start),   end_s = Σ_{k>s} a_k (to its end),   total = Σ_k a_k,
+    L[t, s] = exp(Σ_{s<k≤t} a_k) for s ≤ t (else 0),   S0 the state the chunk starts from:
+  2. chunk state   S_c = Σ_s exp(end_s) X_s ⊗ B_s                          (_chunk_state_kernel)
   3. passing       S0_{c+1} = exp(total_c) S0_c + S_c, from the initial state (_state_passing_kernel)
   1+4. output      y_t = Σ_{s≤t} L[t, s] (C_t·B_s) X_s + exp(cum_t) S0 C_t (_chunk_output_kernel)
+Every exponent is a sum over exactly its own positions (L's by a cumulative sum down the masked (Q × Q)
+block, end_s by a masked sum), never a difference such as cum_t − cum_s or total − cum_s: the cumulative
+sums reach Q·|Δ A|, 10³ and more under strong decay, and their difference keeps only fp32's last digits.
 
 Backward. Given dy and d(final state), let D_c be the gradient of the state at chunk c's end (= S0_{c+1}).
 Step 3 read backward is the same recurrence run from the last chunk to the first:
@@ -19,16 +22,15 @@ Step 3 read backward is the same recurrence run from the last chunk to the first
 and the state before the first chunk gets d(initial state). Its increments have the form of step 2
 with (x, B, decay to the end) replaced by (dy, C, decay from the start), so the same two kernels compute
 it. Then each chunk on its own (_chunk_backward_kernel), with G = L ∘ (dy Xᵀ) and M = L ∘ (C Bᵀ):
-    dX_s = Σ_{t≥s} M[t, s] dy_t + exp(total − cum_s) D B_s       dx = Δ dX,   dΔ gets x·dX
-    dB_s = Σ_{t≥s} G[t, s] C_t  + exp(total − cum_s) Dᵀ X_s      (summed over the heads of B's group)
+    dX_s = Σ_{t≥s} M[t, s] dy_t + exp(end_s) D B_s       dx = Δ dX,   dΔ gets x·dX
+    dB_s = Σ_{t≥s} G[t, s] C_t  + exp(end_s) Dᵀ X_s      (summed over the heads of B's group)
     dC_t = Σ_{s≤t} G[t, s] B_s  + exp(cum_t) S0ᵀ dy_t
-For the decay, treat every cum_t as a variable. With P = M ∘ (dy Xᵀ), each L[t, s] pulls cum_t up and
-cum_s down by P[t, s]; exp(cum_t) in the readout adds v_t = C_t · (exp(cum_t) S0ᵀ dy_t); each
-exp(total − cum_s) in the chunk state gives w_s = X_s · (exp(total − cum_s) D B_s) to total and takes it
-from cum_s; the passing decay exp(total) gives total exp(total) ⟨D, S0⟩:
-    dcum_t  = Σ_s P[t, s] − Σ_s P[s, t] + v_t − w_t,      dtotal = Σ_s w_s + exp(total) ⟨D, S0⟩.
-Since cum_t = Σ_{k≤t} log α_k and total sums all of them, d log α_k = Σ_{t≥k} dcum_t + dtotal (a reverse
-cumulative sum); then dΔ_k gets A_h d log α_k and dA_h = Σ_k Δ_k d log α_k.
+For the decay, each exponent passes its gradient to every a_k it sums. With P = M ∘ (dy Xᵀ) (what L[t, s]
+passes), v_t = C_t · (exp(cum_t) S0ᵀ dy_t) (the readout's exp(cum_t)), w_s = X_s · (exp(end_s) D B_s) (the
+chunk state's exp(end_s)) and exp(total) ⟨D, S0⟩ (the passing decay):
+    da_k = Σ_{t≥k} Σ_{s<k} P[t, s] + Σ_{t≥k} v_t + Σ_{s<k} w_s + exp(total) ⟨D, S0⟩,
+each sum over exactly its terms (a reversed cumulative sum down P's columns, then a masked row sum; a
+reversed cumulative sum of v; a masked sum of w). Then dΔ_k gets A_h da_k and dA_h = Σ_k Δ_k da_k.
 
 Lengths that are not a multiple of Q: positions past the end load as Δ = 0 and x = B = C = dy = 0, which
 leaves the state unchanged (α = 1, no input), as the reference's padding does. The chunk is
@@ -55,13 +57,14 @@ MAX_CHUNK = 64
 
 @triton.jit
 def _chunk_log_decay(dt_pointer, A_pointer, batch, head, chunk, length, heads, chunk_size, BLOCK_Q: tl.constexpr):
-    """One chunk's positions (BLOCK_Q,), which are real, Δ, cum (the cumulative log α) and total (its sum)."""
+    """One chunk's positions (BLOCK_Q,), which are real, Δ, a = log α (0 past the end), cum (its cumulative
+    sum from the chunk's start) and total (its sum)."""
     offsets = tl.arange(0, BLOCK_Q)
     positions = chunk * chunk_size + offsets
     valid = (offsets < chunk_size) & (positions < length)
     dt = tl.load(dt_pointer + (batch * length + positions) * heads + head, mask=valid, other=0.0).to(tl.float32)
     log_decay = dt * tl.load(A_pointer + head).to(tl.float32)  # log α = Δ A, 0 past the end
-    return positions, valid, dt, tl.cumsum(log_decay, 0), tl.sum(log_decay, 0)
+    return positions, valid, dt, log_decay, tl.cumsum(log_decay, 0), tl.sum(log_decay, 0)
 
 
 @triton.jit
@@ -91,11 +94,26 @@ def _state_offsets(head_dim, state_size, BLOCK_P: tl.constexpr, BLOCK_N: tl.cons
 
 
 @triton.jit
-def _decay_matrix(cumulative, BLOCK_Q: tl.constexpr):
-    """L[t, s] = exp(cum_t − cum_s) = α_{s+1} ⋯ α_t for s ≤ t, 0 above the diagonal: (BLOCK_Q, BLOCK_Q)."""
-    offsets = tl.arange(0, BLOCK_Q)
-    causal = offsets[:, None] >= offsets[None, :]
-    return tl.exp(tl.where(causal, cumulative[:, None] - cumulative[None, :], float("-inf")))
+def _decay_matrix(log_decay, BLOCK_Q: tl.constexpr):
+    """L[t, s] = exp(Σ_{s<k≤t} a_k) = α_{s+1} ⋯ α_t for s ≤ t, 0 above the diagonal: (BLOCK_Q, BLOCK_Q).
+    The segment sums are a cumulative sum down the columns of a_k masked to k > s (as segment_sum)."""
+    rows, columns = tl.arange(0, BLOCK_Q)[:, None], tl.arange(0, BLOCK_Q)[None, :]
+    segments = tl.cumsum(tl.where(rows > columns, log_decay[:, None], 0.0), 0)  # Σ_{s<k≤t} a_k at (t, s)
+    return tl.where(rows >= columns, tl.exp(segments), 0.0)
+
+
+@triton.jit
+def _sums_to_end(log_decay, BLOCK_Q: tl.constexpr):
+    """end_s = Σ_{k>s} a_k, the log decay from s to the chunk's end, (BLOCK_Q,); a_k = 0 past it."""
+    rows, columns = tl.arange(0, BLOCK_Q)[:, None], tl.arange(0, BLOCK_Q)[None, :]
+    return tl.sum(tl.where(columns > rows, log_decay[None, :], 0.0), 1)
+
+
+@triton.jit
+def _sums_before(values, BLOCK_Q: tl.constexpr):
+    """Σ_{s<k} values_s for each k, (BLOCK_Q,)."""
+    rows, columns = tl.arange(0, BLOCK_Q)[:, None], tl.arange(0, BLOCK_Q)[None, :]
+    return tl.sum(tl.where(columns < rows, values[None, :], 0.0), 1)
 
 
 @triton.jit
@@ -104,19 +122,19 @@ def _chunk_state_kernel(u_pointer, dt_pointer, A_pointer, v_pointer, out_pointer
                         TO_CHUNK_END: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
                         BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Σ_t w_t u_t ⊗ v_t over one chunk, (p, n); grid (b·h, c).
-    Forward (TO_CHUNK_END): u = x, v = B, w_t = Δ_t exp(total − cum_t): the chunk's own end state (step 2).
+    Forward (TO_CHUNK_END): u = x, v = B, w_t = Δ_t exp(end_t): the chunk's own end state (step 2).
     Backward: u = dy, v = C, w_t = exp(cum_t): what the chunk's outputs send back to the state it starts from."""
     batch_head, chunk = tl.program_id(0), tl.program_id(1)
     batch, head = batch_head // heads, batch_head % heads
     group = head // (heads // groups)
-    positions, valid, dt, cumulative, total = _chunk_log_decay(dt_pointer, A_pointer, batch, head, chunk, length,
-                                                               heads, chunk_size, BLOCK_Q)
+    positions, valid, dt, log_decay, cumulative, _ = _chunk_log_decay(dt_pointer, A_pointer, batch, head, chunk,
+                                                                       length, heads, chunk_size, BLOCK_Q)
     u = _load_rows(u_pointer + (batch * length * heads + head) * head_dim, positions, valid, heads * head_dim,
                    head_dim, BLOCK_P)  # (Q, p)
     v = _load_rows(v_pointer + (batch * length * groups + group) * state_size, positions, valid, groups * state_size,
                    state_size, BLOCK_N)  # (Q, n)
     if TO_CHUNK_END:
-        weight = dt * tl.exp(total - cumulative)
+        weight = dt * tl.exp(_sums_to_end(log_decay, BLOCK_Q))
     else:
         weight = tl.exp(cumulative)
     state = tl.dot(tl.trans(u * weight[:, None]), v, input_precision=DOT_PRECISION)  # (p, n)
@@ -142,8 +160,8 @@ def _state_passing_kernel(increment_pointer, initial_pointer, dt_pointer, A_poin
             chunk = n_chunks - 1 - step
         else:
             chunk = step
-        _, _, _, _, total = _chunk_log_decay(dt_pointer, A_pointer, batch, head, chunk, length, heads, chunk_size,
-                                             BLOCK_Q)
+        _, _, _, _, _, total = _chunk_log_decay(dt_pointer, A_pointer, batch, head, chunk, length, heads,
+                                                chunk_size, BLOCK_Q)
         chunk_offsets = ((batch * n_chunks + chunk) * heads + head) * state_numel + entries
         tl.store(passed_pointer + chunk_offsets, state, mask=mask)
         state = tl.exp(total) * state + tl.load(increment_pointer + chunk_offsets, mask=mask, other=0.0)
@@ -159,8 +177,8 @@ def _chunk_output_kernel(x_pointer, dt_pointer, A_pointer, B_pointer, C_pointer,
     batch_head, chunk = tl.program_id(0), tl.program_id(1)
     batch, head = batch_head // heads, batch_head % heads
     group = head // (heads // groups)
-    positions, valid, dt, cumulative, _ = _chunk_log_decay(dt_pointer, A_pointer, batch, head, chunk, length, heads,
-                                                           chunk_size, BLOCK_Q)
+    positions, valid, dt, log_decay, cumulative, _ = _chunk_log_decay(dt_pointer, A_pointer, batch, head, chunk,
+                                                                       length, heads, chunk_size, BLOCK_Q)
     head_rows = (batch * length * heads + head) * head_dim  # where this head's x and y start
     group_rows = (batch * length * groups + group) * state_size  # where its group's B and C start
     x = _load_rows(x_pointer + head_rows, positions, valid, heads * head_dim, head_dim, BLOCK_P)  # (Q, p)
@@ -170,7 +188,7 @@ def _chunk_output_kernel(x_pointer, dt_pointer, A_pointer, B_pointer, C_pointer,
     start = tl.load(start_pointer + ((batch * n_chunks + chunk) * heads + head) * head_dim * state_size + offsets,
                     mask=mask, other=0.0)  # S0, (p, n)
 
-    scores = tl.dot(C, tl.trans(B), input_precision=DOT_PRECISION) * _decay_matrix(cumulative, BLOCK_Q)  # (Q, Q)
+    scores = tl.dot(C, tl.trans(B), input_precision=DOT_PRECISION) * _decay_matrix(log_decay, BLOCK_Q)  # (Q, Q)
     y = tl.dot(scores, x * dt[:, None], input_precision=DOT_PRECISION)  # inside the chunk, (Q, p)
     y += tl.exp(cumulative)[:, None] * tl.dot(C, tl.trans(start), input_precision=DOT_PRECISION)  # from S0
     _store_rows(y_pointer + head_rows, y, positions, valid, heads * head_dim, head_dim, BLOCK_P)
@@ -187,8 +205,8 @@ def _chunk_backward_kernel(x_pointer, dt_pointer, A_pointer, B_pointer, C_pointe
     batch_head, chunk = tl.program_id(0), tl.program_id(1)
     batch, head = batch_head // heads, batch_head % heads
     group = head // (heads // groups)
-    positions, valid, dt, cumulative, total = _chunk_log_decay(dt_pointer, A_pointer, batch, head, chunk, length,
-                                                               heads, chunk_size, BLOCK_Q)
+    positions, valid, dt, log_decay, cumulative, total = _chunk_log_decay(dt_pointer, A_pointer, batch, head, chunk,
+                                                                           length, heads, chunk_size, BLOCK_Q)
     head_rows = (batch * length * heads + head) * head_dim
     group_rows = (batch * length * groups + group) * state_size
     x = _load_rows(x_pointer + head_rows, positions, valid, heads * head_dim, head_dim, BLOCK_P)  # (Q, p)
@@ -201,10 +219,10 @@ def _chunk_backward_kernel(x_pointer, dt_pointer, A_pointer, B_pointer, C_pointe
     end_gradient = tl.load(end_gradient_pointer + state_offsets, mask=mask, other=0.0)  # D, (p, n)
 
     dt_x = x * dt[:, None]  # X, (Q, p)
-    decay = _decay_matrix(cumulative, BLOCK_Q)  # L, (Q, Q)
+    decay = _decay_matrix(log_decay, BLOCK_Q)  # L, (Q, Q)
     scores = tl.dot(C, tl.trans(B), input_precision=DOT_PRECISION) * decay  # M = L ∘ C Bᵀ
     dy_dot_x = tl.dot(dy, tl.trans(dt_x), input_precision=DOT_PRECISION)  # dy Xᵀ, (Q, Q)
-    to_end = tl.exp(total - cumulative)[:, None]  # (Q, 1)
+    to_end = tl.exp(_sums_to_end(log_decay, BLOCK_Q))[:, None]  # exp(end_s), (Q, 1)
     from_start = tl.exp(cumulative)[:, None]
 
     dX_from_end = to_end * tl.dot(B, tl.trans(end_gradient), input_precision=DOT_PRECISION)  # (Q, p)
@@ -215,10 +233,12 @@ def _chunk_backward_kernel(x_pointer, dt_pointer, A_pointer, B_pointer, C_pointe
     dC = tl.dot(dy_dot_x * decay, B, input_precision=DOT_PRECISION) + dC_from_start
 
     pulls = scores * dy_dot_x  # P, (Q, Q)
-    to_end_pulls = tl.sum(dt_x * dX_from_end, 1)  # w, (Q,)
-    d_cumulative = tl.sum(pulls, 1) - tl.sum(pulls, 0) + tl.sum(C * dC_from_start, 1) - to_end_pulls
-    d_total = tl.sum(to_end_pulls, 0) + tl.exp(total) * tl.sum(end_gradient * start)
-    d_log_decay = tl.cumsum(d_cumulative, 0, reverse=True) + d_total  # (Q,)
+    rows, columns = tl.arange(0, BLOCK_Q)[:, None], tl.arange(0, BLOCK_Q)[None, :]
+    from_segments = tl.sum(tl.where(columns < rows, tl.cumsum(pulls, 0, reverse=True), 0.0), 1)  # Σ_{t≥k} Σ_{s<k} P
+    from_readout = tl.cumsum(tl.sum(C * dC_from_start, 1), 0, reverse=True)  # Σ_{t≥k} v_t
+    from_chunk_state = _sums_before(tl.sum(dt_x * dX_from_end, 1), BLOCK_Q)  # Σ_{s<k} w_s
+    from_passing = tl.exp(total) * tl.sum(end_gradient * start)  # exp(total) ⟨D, S0⟩
+    d_log_decay = from_segments + from_readout + from_chunk_state + from_passing  # da, (Q,)
     A = tl.load(A_pointer + head).to(tl.float32)
 
     _store_rows(dx_pointer + head_rows, dX * dt[:, None], positions, valid, heads * head_dim, head_dim, BLOCK_P)

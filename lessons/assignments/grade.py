@@ -61,9 +61,13 @@ CASE_HINTS = {
         "every case": "look at the recurrence: h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t x_t (zero-order hold for A, "
                       "Euler for B: Δ multiplies B x, not (exp(ΔA) - 1)/A), then y_t = Σ_n C_t[n] h_t[:, n] "
                       "with the updated state.",
+        ("odd length, D, z, dt bias, initial state", "one token",
+         "strong decay, long, D, z, dt bias, no initial state"):
+            "the cases with D, z, dt_bias and dt_softplus fail while the bare one passes: check them in order: "
+            "Δ = softplus(dt + dt_bias), h_0 = initial_state, y = (C · h + D ⊙ x) ⊙ SiLU(z).",
         ("odd length, D, z, dt bias, initial state", "one token"):
-            "the cases with D, z, dt_bias, dt_softplus and an initial state fail while the bare one passes: check "
-            "them in order: Δ = softplus(dt + dt_bias), h_0 = initial_state, y = (C · h + D ⊙ x) ⊙ SiLU(z).",
+            "the cases with an initial state fail and those without pass: the state before the first token is "
+            "h_0 = initial_state, which the first step decays and adds to like any other state.",
         ("bare, state 16",): "only the bare case fails: there D, z, dt_bias and initial_state are None and "
                              "dt_softplus is False (use dt as given), and the state size is 16.",
     },
@@ -130,6 +134,9 @@ def hints(op: str, checks: list[parity.Check], spec: str, where: dict[str, str])
         at = f" at {where[error]}" if error in where else ""
         return [f"your function raised {kind}{at} in case '{check.case}' ({shapes(op, check.case)}): "
                 f"{message.splitlines()[0]}"]
+    returned = [check for check in failed if check.quantity == "returns"]
+    if returned:
+        return [f"your function {returned[0].message}"]
     for check in failed:
         if check.message.startswith("NaN"):
             return [f"part of {check.quantity} in '{check.case}' is NaN or inf: part of your output is never written "
