@@ -123,7 +123,9 @@ def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, devi
             dist.all_reduce(loss_sum)  # each process's share of the step's mean loss, summed
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip).item()
         if not (math.isfinite(loss_sum.item()) and math.isfinite(grad_norm)):
-            stop_diverged(out, f"the loss became {loss_sum.item()} at step {step + 1}, so training stopped before that update")
+            what = f"the loss became {loss_sum.item()}" if not math.isfinite(loss_sum.item()) else \
+                f"the gradient norm became {grad_norm} (loss {loss_sum.item():.4g})"
+            stop_diverged(out, f"{what} at step {step + 1}, so training stopped before that update")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if not main_process:

@@ -194,7 +194,7 @@ def _load_student_function(op: str, spec: str, modified: int) -> Implementation:
     try:
         module_spec.loader.exec_module(module)
     except SyntaxError as error:
-        raise ValueError(f"{op}={spec}: {path} line {error.lineno}: {error.msg}; fix the file and run again") from None
+        raise ValueError(f"{op}={spec}: {path} line {error.lineno}: SyntaxError: {error.msg}; fix the file and run again") from None
     except Exception as error:  # the file runs code at import that fails: say where, in one line
         raise ValueError(f"{op}={spec}: importing {path} raised {type(error).__name__}: {error}") from None
     function = getattr(module, function_name, None)

@@ -167,7 +167,7 @@ def test_a_student_file_that_does_not_import_is_one_line(tmp_path, script):
     source = ["--preset=hawk-tiny"]
     one_line_error(run_script(script, *source, f"--kernels=rglru_scan={broken}:rglru_scan", f"--out={tmp_path / 'o'}")
                    if script == "train_small.py" else
-                   run_script(script, *source, f"--kernels=rglru_scan={broken}:rglru_scan"), "broken.py line 2: invalid syntax")
+                   run_script(script, *source, f"--kernels=rglru_scan={broken}:rglru_scan"), "broken.py line 2: SyntaxError: invalid syntax")
 
 
 def test_resume_continues_with_the_runs_own_settings(tmp_path, corpus, monkeypatch):
