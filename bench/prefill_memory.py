@@ -1,6 +1,6 @@
 """Peak memory of one long prompt against its length, for every `tiny` preset: it must grow linearly.
 
-    python -m bench.prefill_memory --quick      prompts of 1K, 2K and 4K tokens (about two minutes)
+    python -m bench.prefill_memory --quick      prompts of 1K, 2K and 4K tokens (3-4 minutes on 2 cores)
     python -m bench.prefill_memory              prompts of 1K ... 16K tokens (see bench/README.md)
 
 For each `tiny` preset, prompt length L and call (batch 1, fp32, random weights and tokens, no gradients,
