@@ -11,9 +11,7 @@ from nanohybrid.tools import data
 from nanohybrid.tools.tokenizer import ByteTokenizer, HuggingFaceTokenizer, load_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("NANOHYBRID_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
 
 
 def documents(n=120):

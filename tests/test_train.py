@@ -20,20 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_RUN = ["--batch-size=4", "--seq-len=32", "--eval-batches=2", "--warmup=2", "--sample-tokens=5"]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("NANOHYBRID_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    """A jsonl corpus of 300 short documents in SmolLM-Corpus shape (text plus other columns)."""
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    lines = [json.dumps({"text": f"def function_{i}(x):\n    return x * {i} + {i % 7}\n", "id": i, "token_count": 20})
-             for i in range(300)]
-    (folder / "shard.jsonl").write_text("\n".join(lines) + "\n")
-    return str(folder)
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py, as is `corpus`
 
 
 def metrics(out) -> list[dict]:
@@ -67,20 +54,25 @@ def test_a_tiny_preset_trains_on_the_reference_rung_as_on_the_fast_paths(tmp_pat
     assert reference[-1]["loss"] < reference[0]["loss"]
 
 
+def crash_at_step(run: list[str], step: int, monkeypatch) -> None:
+    """train_small.main(run), interrupted as its training batch for `step` is drawn (a simulated crash)."""
+    real_get_batch = train_small.get_batch
+
+    def crashing(tokens, batch_size, seq_len, seed, index):
+        if index == step - 1 and tokens.shape[0] > 1000:  # a training batch (validation is much shorter)
+            raise KeyboardInterrupt("simulated crash")
+        return real_get_batch(tokens, batch_size, seq_len, seed, index)
+
+    monkeypatch.setattr(train_small, "get_batch", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train_small.main(run)
+    monkeypatch.setattr(train_small, "get_batch", real_get_batch)
+
+
 def test_resume_equals_the_uninterrupted_run_bitwise(tmp_path, corpus, monkeypatch):
     common = ["--preset=hymba-tiny", "--max-steps=10", "--eval-interval=4", f"--data={corpus}", *TINY_RUN]
     train_small.main([*common, f"--out={tmp_path / 'straight'}"])
-    real_get_batch = train_small.get_batch
-
-    def crash_at_step_7(tokens, batch_size, seq_len, seed, step):
-        if step == 6 and tokens.shape[0] > 1000:  # a training batch (validation is much shorter)
-            raise KeyboardInterrupt("simulated crash")
-        return real_get_batch(tokens, batch_size, seq_len, seed, step)
-
-    monkeypatch.setattr(train_small, "get_batch", crash_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
-        train_small.main([*common, f"--out={tmp_path / 'resumed'}"])
-    monkeypatch.setattr(train_small, "get_batch", real_get_batch)
+    crash_at_step([*common, f"--out={tmp_path / 'resumed'}"], 7, monkeypatch)
     assert (tmp_path / "resumed" / "latest").read_text().strip() == "checkpoints/step-000004"
     train_small.main([*common, f"--out={tmp_path / 'resumed'}", "--resume"])
     assert metrics(tmp_path / "resumed") == metrics(tmp_path / "straight")  # every loss, bit for bit

@@ -2,7 +2,6 @@
 metrics.jsonl survives kills and failed starts, bad values and unwritable places are one line and a
 non-zero exit, and --resume continues a run with its own settings."""
 
-import json
 import os
 import subprocess
 import sys
@@ -16,23 +15,10 @@ from nanohybrid.config import get_config
 from nanohybrid.generate import sample_next
 from nanohybrid.model import LanguageModel
 from nanohybrid.tools.training import load_model, make_optimizer, read_metrics, save_checkpoint
+from tests.test_train import TINY_RUN, crash_at_step, metrics
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_RUN = ["--batch-size=4", "--seq-len=32", "--eval-batches=2", "--warmup=2", "--sample-tokens=5"]
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("NANOHYBRID_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    lines = [json.dumps({"text": f"def function_{i}(x):\n    return x * {i} + {i % 7}\n"}) for i in range(300)]
-    (folder / "shard.jsonl").write_text("\n".join(lines) + "\n")
-    return str(folder)
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py, as is `corpus`
 
 
 def run_script(*arguments, driver: str | None = None) -> subprocess.CompletedProcess:
@@ -92,25 +78,15 @@ def test_resume_killed_at_its_start_keeps_every_metric_of_the_checkpoint(tmp_pat
     find all of them there (the rewrite is a rename of a complete file, not a truncate-then-write)."""
     common = ["--preset=llama3-tiny", "--max-steps=10", "--eval-interval=4", f"--data={corpus}", *TINY_RUN]
     out = tmp_path / "run"
-    real_get_batch = train_small.get_batch
-
-    def crash_at_step_7(tokens, batch_size, seq_len, seed, step):
-        if step == 6 and tokens.shape[0] > 1000:
-            raise KeyboardInterrupt("simulated crash")
-        return real_get_batch(tokens, batch_size, seq_len, seed, step)
-
-    monkeypatch.setattr(train_small, "get_batch", crash_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
-        train_small.main([*common, f"--out={out}"])
-    before = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    crash_at_step([*common, f"--out={out}"], 7, monkeypatch)
+    before = metrics(out)
     assert [m["step"] for m in before] == [1, 2, 3, 4, 5, 6]
     killed_at_start = "import os, signal, sys, train_small\n" \
         "train_small.tqdm = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n" \
         "train_small.main(sys.argv[1:])\n"
     result = run_script(*common, f"--out={out}", "--resume", driver=killed_at_start)
     assert result.returncode == -9, result.stderr
-    after = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert after == before[:4]
+    assert metrics(out) == before[:4]
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -131,7 +107,7 @@ def test_a_failed_start_leaves_an_existing_run_untouched(finished_run, arguments
 def test_overwrite_starts_an_existing_run_again(finished_run, corpus):
     train_small.main(["--preset=llama3-tiny", "--max-steps=2", "--eval-interval=2", f"--data={corpus}",
                       f"--out={finished_run}", "--overwrite", *TINY_RUN])
-    assert [json.loads(line)["step"] for line in (finished_run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert [entry["step"] for entry in metrics(finished_run)] == [1, 2]
     assert (finished_run / "latest").read_text().strip() == "checkpoints/step-000002"
     assert [path.name for path in (finished_run / "checkpoints").iterdir()] == ["step-000002"]
 
@@ -176,17 +152,7 @@ def test_resume_continues_with_the_runs_own_settings(tmp_path, corpus, monkeypat
     common = ["--preset=llama3-tiny", "--max-steps=10", "--warmup=3", "--lr=2e-3", "--eval-interval=4",
               f"--data={corpus}", *TINY_RUN]
     train_small.main([*common, f"--out={tmp_path / 'straight'}"])
-    real_get_batch = train_small.get_batch
-
-    def crash_at_step_6(tokens, batch_size, seq_len, seed, step):
-        if step == 5 and tokens.shape[0] > 1000:
-            raise KeyboardInterrupt("simulated crash")
-        return real_get_batch(tokens, batch_size, seq_len, seed, step)
-
-    monkeypatch.setattr(train_small, "get_batch", crash_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        train_small.main([*common, f"--out={tmp_path / 'resumed'}"])
-    monkeypatch.setattr(train_small, "get_batch", real_get_batch)
+    crash_at_step([*common, f"--out={tmp_path / 'resumed'}"], 6, monkeypatch)
     train_small.main([f"--out={tmp_path / 'resumed'}", "--resume"])
     read = lambda run: (tmp_path / run / "metrics.jsonl").read_text()  # noqa: E731
     assert read("resumed") == read("straight")
