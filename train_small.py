@@ -76,7 +76,7 @@ def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, devi
     if run.grad_accum % world:
         raise ValueError(f"--grad-accum={run.grad_accum} must be a multiple of the {world} processes")
     tokenizer = load_tokenizer(run.tokenizer)
-    tokens_per_step, total_steps = run.batch_size * run.seq_len * run.grad_accum, run.total_steps
+    tokens_per_step, total_steps = run.tokens_per_step, run.total_steps
     train_tokens = total_steps * tokens_per_step + run.seq_len + 1
     corpus = load_corpus(run.data, tokenizer, train_tokens, max(train_tokens // 50, run.seq_len + 2), run.seed)
     if model.config.vocab_size < tokenizer.vocab_size:
@@ -122,15 +122,16 @@ def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, devi
         if world > 1:
             dist.all_reduce(loss_sum)  # each process's share of the step's mean loss, summed
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip).item()
-        if not (math.isfinite(loss_sum.item()) and math.isfinite(grad_norm)):
-            what = f"the loss became {loss_sum.item()}" if not math.isfinite(loss_sum.item()) else \
-                f"the gradient norm became {grad_norm} (loss {loss_sum.item():.4g})"
+        step_loss = loss_sum.item()
+        if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+            what = f"the loss became {step_loss}" if not math.isfinite(step_loss) else \
+                f"the gradient norm became {grad_norm} (loss {step_loss:.4g})"
             stop_diverged(out, f"{what} at step {step + 1}, so training stopped before that update")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if not main_process:
             continue
-        entry = {"step": step + 1, "tokens": (step + 1) * tokens_per_step, "loss": loss_sum.item(),
+        entry = {"step": step + 1, "tokens": (step + 1) * tokens_per_step, "loss": step_loss,
                  "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
         if (step + 1) % run.eval_interval == 0 or step + 1 == total_steps:
             entry["val_loss"] = validation_loss(model, corpus["val"], run.batch_size, run.seq_len, run.eval_batches, run.seed + 1, bf16)
@@ -138,11 +139,10 @@ def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, devi
             if broken or not math.isfinite(entry["val_loss"]):
                 stop_diverged(out, f"after the update of step {step + 1} the validation loss is {entry['val_loss']}"
                               + (f" and {broken[0]} holds NaN or inf" if broken else "") + ", so it was not saved")
-            log.append(entry)
+        log.append(entry)
+        if "val_loss" in entry:
             log.sync()  # the metrics up to this checkpoint are on disk before `latest` names it
             save_checkpoint(out, model, optimizer, dataclasses.asdict(run), step + 1)
-        else:
-            log.append(entry)
         rate = (step + 1 - start_step) * tokens_per_step / (time.time() - started)
         shown = {"loss": f"{entry['loss']:.3f}", "tok_s": f"{rate:.0f}"}
         last_val = next((m["val_loss"] for m in reversed(log.entries) if "val_loss" in m), None)
@@ -153,7 +153,7 @@ def train(run: TrainConfig, overrides: dict, rank: int = 0, world: int = 1, devi
         return {}
     log.close()
     plot_losses(log.entries, out / "loss.png")
-    val_loss = validation_loss(model, corpus["val"], run.batch_size, run.seq_len, run.eval_batches, run.seed + 1, bf16)
+    val_loss = log.entries[-1]["val_loss"]  # the last step is always evaluated
     print(f"validation loss {val_loss:.4f} nats/token, perplexity {math.exp(val_loss):.2f}")
     return {"preset": run.preset, "out": str(out), "val_loss": val_loss, "parameters": model.num_parameters(),
             "tokens_per_second": (total_steps - start_step) * tokens_per_step / (time.time() - started),

@@ -62,9 +62,9 @@ class TrainConfig:
         for name in ("warmup", "weight_decay", "sample_tokens"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"--{flag(name)}={getattr(self, name)}: must be 0 or more")
-        if self.tokens is not None and not self.tokens >= self.batch_size * self.seq_len * self.grad_accum:
+        if self.tokens is not None and not self.tokens >= self.tokens_per_step:
             raise ValueError(f"--tokens={self.tokens}: less than one step of --batch-size x --seq-len x --grad-accum = "
-                             f"{self.batch_size * self.seq_len * self.grad_accum} tokens")
+                             f"{self.tokens_per_step} tokens")
         if not 0 < self.lr <= LARGEST_LR:
             raise ValueError(f"--lr={self.lr}: use a positive learning rate that fp32 can hold (typically 1e-4 to 1e-2)")
         if not 0 <= self.min_lr <= LARGEST_FLOAT32:
@@ -77,8 +77,12 @@ class TrainConfig:
             raise ValueError(f"--dtype={self.dtype}: choose fp32 or bf16")
 
     @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len * self.grad_accum
+
+    @property
     def total_steps(self) -> int:
-        return self.tokens // (self.batch_size * self.seq_len * self.grad_accum) if self.tokens else self.max_steps
+        return self.tokens // self.tokens_per_step if self.tokens else self.max_steps
 
 
 def flag(name: str) -> str:
@@ -121,7 +125,7 @@ def parse_args(argv, description: str = "") -> tuple[TrainConfig, dict, set[str]
     for item in rest:
         key, equals, value = item.removeprefix("--").partition("=")
         if not item.startswith("--") or not equals or key not in model_hints or key == "arch":
-            raise ValueError(f"unknown option {item!r}: flags are {', '.join('--' + f.name.replace('_', '-') for f in dataclasses.fields(TrainConfig))}; "
+            raise ValueError(f"unknown option {item!r}: flags are {', '.join('--' + flag(f.name) for f in dataclasses.fields(TrainConfig))}; "
                              f"model fields are --<field>=<value> for {', '.join(k for k in model_hints if k != 'arch')}")
         overrides[key] = parse_value(value, model_hints[key], key)
     given = {field.name for field in dataclasses.fields(TrainConfig)
@@ -129,7 +133,7 @@ def parse_args(argv, description: str = "") -> tuple[TrainConfig, dict, set[str]
     return TrainConfig(**vars(args)), overrides, given
 
 
-def resumed_settings(run: TrainConfig, given: set[str] | None, saved: dict, step: int) -> TrainConfig:
+def resumed_settings(run: TrainConfig, given: set[str] | None, saved: dict, step: int) -> tuple[TrainConfig, list[str]]:
     """--resume continues with the settings the run was started with; a flag given now overrides its
     setting, with a note when that makes the curve differ from one uninterrupted run (a different
     schedule, batch or learning rate from step `step` + 1 on). given=None: every setting is as given.
