@@ -39,8 +39,8 @@ from pathlib import Path
 
 import torch
 
-OPS = ("selective_scan", "ssd", "rglru_scan", "attention", "moe_experts", "causal_conv1d", "rms_norm")
-REFERENCE_MODULES = {"selective_scan": "scan", "ssd": "ssd", "rglru_scan": "rglru", "attention": "attention",
+OPS = ("selective_scan", "ssd", "rglru_scan", "gated_delta_rule", "attention", "moe_experts", "causal_conv1d", "rms_norm")
+REFERENCE_MODULES = {"selective_scan": "scan", "ssd": "ssd", "rglru_scan": "rglru", "gated_delta_rule": "delta_rule", "attention": "attention",
                      "moe_experts": "moe", "causal_conv1d": "layers", "rms_norm": "layers"}  # each op's reference
 RUNGS = ("cpu", "sdpa", "triton", "upstream")  # the fast rungs, in kernels/<op>/<rung>.py (upstream: kernels/upstream.py)
 FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # what PyTorch code runs in
@@ -275,6 +275,10 @@ def ssd(x, dt, A, B, C, chunk_size, initial_state=None):
 
 def rglru_scan(x, log_a, reset, initial_state=None):
     return _run("rglru_scan", x, log_a, reset, initial_state)
+
+
+def gated_delta_rule(q, k, v, g, beta, chunk_size, initial_state=None):
+    return _run("gated_delta_rule", q, k, v, g, beta, chunk_size, initial_state)
 
 
 def attention(q, k, v, query_index, key_index, query_document, key_document, max_distance, n_meta, scale):
