@@ -16,14 +16,16 @@ proves a rung"):
 
 Strong decay (cases with decay="strong"): Δ = softplus(N(1, 1)) (S6: its dt_bias added inside) and
 A = -exp(3 + N(0, 1)/2), one A per SSD head, per S6 channel and state entry, so every one forgets within
-a few steps (Δ·|A| from 6 to 80 for 90% of the steps, the median 25); the RG-LRU's log a = -exp(2·N(0, 1))
-spans both ends, from -0.04 to -27 for 90% of the steps. Long sequences, SSD chunks of 64 and 256 on lengths that are a multiple of neither. Inside a chunk of 256
+a few steps (Δ·|A| from 6 to 80 for 90% of the steps, the median 25); the RG-LRU's log a and the gated delta
+rule's g = -exp(2·N(0, 1)) span both ends, from -0.04 to -27 for 90% of the steps. Long sequences, SSD chunks of 64
+and 256 and delta-rule chunks of 64 on lengths that are a multiple of neither. Inside a chunk of 256
 the cumulative log decay reaches ~10⁴, where fp32's spacing is ~1e-3: a decay taken as exp(cum_t - cum_s)
 or exp(cum_end - cum_s), or a gradient taken as a difference of sums over the chunk, is off by that much
 wherever it matters, and dA misses by 2e-4 to 2e-3. A decay built from exactly its own terms (a segment
 sum, a sum to the chunk's end) is rounded relative to its own exponent, which matters only where that
 exponent is small (exp of a large one is ~0); these cases then stay at the ~1e-7 rounding of the others,
-and KERNEL_FP32 holds with the same margin.
+and KERNEL_FP32 holds with the same margin. (The delta rule's cumulative g reaches ~500 in a chunk of 64: a
+difference form, transformers' torch_chunk_gated_delta_rule, is off by ~3e-6 there, 30x the others' rounding.)
 
 tests/test_kernels.py runs it over the whole registry; lessons/assignments/grade.py over a student's file.
 """
@@ -97,6 +99,14 @@ def case_inputs(op: str, case: dict, generator: torch.Generator) -> dict:
         inputs = dict(x=x, log_a=log_a, reset=reset)
         if case.get("initial", True):
             inputs["initial_state"] = randn(b, r)
+        return inputs
+    if op == "gated_delta_rule":  # q and k L2-normalised per head, q scaled by 1/sqrt(d_k), as the mixer passes them
+        b, l, h, d_k, d_v, chunk = case["shape"]
+        q, k = F.normalize(randn(b, l, h, d_k), dim=-1) * d_k**-0.5, F.normalize(randn(b, l, h, d_k), dim=-1)
+        g = -torch.exp(2 * randn(b, l, h)) if strong else -0.5 * F.softplus(randn(b, l, h))
+        inputs = dict(q=q, k=k, v=randn(b, l, h, d_v), g=g, beta=torch.sigmoid(randn(b, l, h)), chunk_size=chunk)
+        if case.get("initial", True):
+            inputs["initial_state"] = randn(b, h, d_k, d_v)
         return inputs
     if op == "attention":
         b, h, h_kv, l, s, hd, hd_v = case["shape"]
@@ -182,6 +192,12 @@ CASES = {
         "one token": dict(shape=(3, 1, 16), resets=[(2, 0)]),
         "strong decay, long, initial state": dict(shape=(2, 100, 24), decay="strong"),
     },
+    "gated_delta_rule": {
+        "odd length, initial state": dict(shape=(2, 37, 3, 8, 6, 16)),
+        "two whole chunks, no initial state": dict(shape=(1, 32, 2, 16, 8, 16), initial=False),
+        "one token": dict(shape=(2, 1, 3, 8, 6, 16)),
+        "strong decay, chunks of 64, long, initial state": dict(shape=(1, 100, 2, 8, 8, 64), decay="strong"),
+    },
     "attention": {
         "causal, GQA 4/2, odd length": dict(shape=(2, 4, 2, 37, 37, 16, 16), layout=prefill_layout),
         "sliding window 8, 4 meta tokens, MQA, wide values": dict(shape=(1, 4, 1, 41, 41, 16, 32), layout=prefill_layout,
@@ -229,7 +245,7 @@ def poisoned_allocations():
 
 # The ops that return their final state too, and their outputs as the references name them.
 RETURNS = {"selective_scan": "(y, final_state)", "ssd": "(y, final_state)", "rglru_scan": "(h, final_state)",
-           "causal_conv1d": "(y, final_state)"}
+           "gated_delta_rule": "(o, final_state)", "causal_conv1d": "(y, final_state)"}
 
 
 class WrongReturn(Exception):
