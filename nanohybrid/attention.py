@@ -9,6 +9,9 @@ References
   Meta tokens     Hymba §2.3: the first n_meta stream entries stay visible to every query, window or not.
   KV sharing      Hymba §2.2 (after Brandon et al. 2024): a consumer layer has no K/V projection and
                   attends to its producer's keys and values (RoPE already applied), with its own mask.
+  Gated attention Qwen3-Next (after Qiu et al. 2025, "Gated Attention for Large Language Models"): each
+                  head's output is gated by σ(W_g x) before o_proj; an RMSNorm on every query and key
+                  head; RoPE on a quarter of each head (docs/delta_rule.md, "The Qwen3-Next layer").
 
 The op's reference builds the mask and the scores explicitly; its fast forms are kernels/attention/sdpa.py
 (PyTorch's fused attention) and kernels/attention/triton.py (a FlashAttention-style kernel).
@@ -24,7 +27,7 @@ import torch.nn as nn
 from . import ops
 from .cache import ForwardContext, KVCache
 from .config import LayerSpec, ModelConfig
-from .layers import RotaryEmbedding
+from .layers import RMSNorm, RotaryEmbedding
 
 
 def attention_mask(query_index, key_index, query_document, key_document, max_distance: int | None, n_meta: int):
@@ -117,3 +120,27 @@ class Attention(nn.Module):
             k = self.k_proj(hidden).unflatten(-1, self.shape_kv)
             v = self.v_proj(hidden).unflatten(-1, self.shape_kv)
         return self.o_proj(self.core(q, k, v, ctx))
+
+
+class GatedAttention(nn.Module):
+    """Qwen3-Next's attention: q_proj gives each head its query and an output gate side by side, q and k
+    get an RMSNorm per head before RoPE, and the heads' outputs are multiplied by σ(gate) before o_proj."""
+
+    def __init__(self, config: ModelConfig, spec: LayerSpec, layer_idx: int):
+        super().__init__()
+        heads, kv_heads, head_dim = config.n_heads, config.n_kv_heads, config.qk_head_dim
+        self.shape_q, self.shape_kv = (heads, 2 * head_dim), (kv_heads, head_dim)
+        self.q_proj = nn.Linear(config.d_model, heads * 2 * head_dim, bias=config.attention_bias)  # [query | gate]
+        self.k_proj = nn.Linear(config.d_model, kv_heads * head_dim, bias=config.attention_bias)
+        self.v_proj = nn.Linear(config.d_model, kv_heads * head_dim, bias=config.attention_bias)
+        self.q_norm = RMSNorm(head_dim, config.norm_eps, config.norm_offset)
+        self.k_norm = RMSNorm(head_dim, config.norm_eps, config.norm_offset)
+        self.core = AttentionCore(config, spec, layer_idx)
+        self.o_proj = nn.Linear(heads * head_dim, config.d_model, bias=config.attention_out_bias)
+
+    def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # (b, l, d) -> (b, l, d)
+        q, gate = self.q_proj(hidden).unflatten(-1, self.shape_q).chunk(2, dim=-1)  # (b, l, h, hd) each
+        k = self.k_norm(self.k_proj(hidden).unflatten(-1, self.shape_kv))
+        v = self.v_proj(hidden).unflatten(-1, self.shape_kv)
+        out = self.core(self.q_norm(q), k, v, ctx)  # (b, l, h·hd)
+        return self.o_proj(out * torch.sigmoid(gate.flatten(-2)))

@@ -14,6 +14,9 @@ window and which share keys and values); the other fields set the sizes. Each pa
     samba       Mamba-1 on even blocks, sliding-window attention on odd blocks; SwiGLU MLP
     mamba2      Mamba-2 blocks, no MLP                                    mamba2-ffn: Mamba-2 + MLP
     mamba       Mamba-1 blocks, no MLP                                    llama3: attention + MLP
+    gated-deltanet  Gated DeltaNet blocks with SwiGLU MLPs (the GDN paper's model)
+    qwen3-next  three Gated DeltaNet blocks, then one gated-attention block (full_attention_interval = 4);
+                a mixture of experts with a sigmoid-gated shared expert after every mixer
 """
 
 import math
@@ -21,14 +24,15 @@ from dataclasses import dataclass, fields, replace
 
 from .meta_tokens import DEFAULT_META_TOKENS
 
-ARCHITECTURES = ("hymba", "jamba", "griffin", "hawk", "samba", "mamba2", "mamba2-ffn", "llama3", "mamba")
+ARCHITECTURES = ("hymba", "jamba", "griffin", "hawk", "samba", "mamba2", "mamba2-ffn", "llama3", "mamba",
+                 "gated-deltanet", "qwen3-next")
 
 
 @dataclass(frozen=True)
 class LayerSpec:
     """One block: x += mixer(norm(x)); then x += ffn(norm(x)) unless ffn is "none"."""
 
-    mixer: str  # "attention" | "hymba" | "mamba" | "mamba2" | "rglru"
+    mixer: str  # "attention" | "gated_attention" | "hymba" | "mamba" | "mamba2" | "rglru" | "gated_deltanet"
     ffn: str  # "mlp" | "moe" | "none"
     sliding_window: int | None = None  # None: global attention
     kv_producer: int | None = None  # a KV consumer reads this layer's keys and values
@@ -85,10 +89,20 @@ class ModelConfig:
     attn_layer_offset: int = 4
     expert_layer_period: int = 2
     expert_layer_offset: int = 1
+    # Gated DeltaNet: query/key heads, value heads (a multiple of them; each query/key head serves
+    # consecutive value heads, as GQA's key/value heads serve query heads), their head dims.
+    gdn_n_heads: int = 4
+    gdn_n_value_heads: int | None = None  # default gdn_n_heads
+    gdn_head_dim: int = 16
+    gdn_value_head_dim: int | None = None  # default gdn_head_dim
+    # Qwen3-Next: every full_attention_interval-th layer is gated attention, the others Gated DeltaNet.
+    full_attention_interval: int = 4
     # Mixture of experts.
     n_experts: int = 0
     experts_per_token: int = 2
     router_aux_loss_coef: float = 0.001
+    normalize_expert_weights: bool = False  # the k routing weights rescaled to sum to 1 (Qwen3-Next; Jamba: no)
+    shared_expert_d_ff: int = 0  # > 0: a shared expert of this width, gated by σ(w·x), beside the routed ones
     # Meta tokens and the Hymba fusion.
     n_meta_tokens: int = 0
     fusion_beta_init: float = 1.0  # initial β1, β2 of Hymba's fusion norms (the released checkpoints' code: 1)
@@ -119,6 +133,14 @@ class ModelConfig:
     @property
     def rglru_width(self) -> int:
         return self.lru_width or self.d_model
+
+    @property
+    def gdn_value_heads(self) -> int:
+        return self.gdn_n_value_heads or self.gdn_n_heads
+
+    @property
+    def gdn_v_head_dim(self) -> int:
+        return self.gdn_value_head_dim or self.gdn_head_dim
 
     def max_distance(self, window: int | None) -> int | None:
         """Largest q - k that a query of a layer with this sliding window sees (meta tokens aside); None for
@@ -169,7 +191,7 @@ class ModelConfig:
                                       and specs[producer].mixer == spec.mixer and specs[producer].kv_producer is None),
                  f"layer {i} reads keys and values from layer {producer}, which must be an earlier {spec.mixer} "
                  "layer with its own keys and values")
-        if mixers & {"attention", "hymba"}:
+        if mixers & {"attention", "gated_attention", "hymba"}:
             need(self.d_model % self.n_heads == 0 or self.head_dim is not None,
                  f"n_heads={self.n_heads} must divide d_model={self.d_model} (or set head_dim)")
             need(self.n_heads % self.n_kv_heads == 0, f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
@@ -187,6 +209,12 @@ class ModelConfig:
             need(self.mamba2_n_heads % self.mamba2_n_groups == 0,
                  f"mamba2_n_groups={self.mamba2_n_groups} must divide the {self.mamba2_n_heads} Mamba-2 heads")
             need(self.chunk_size >= 1, "chunk_size must be >= 1")
+        if "gated_deltanet" in mixers:
+            need(self.gdn_value_heads % self.gdn_n_heads == 0,
+                 f"gdn_n_heads={self.gdn_n_heads} must divide gdn_n_value_heads={self.gdn_value_heads}")
+            need(self.chunk_size >= 1, "chunk_size must be >= 1")
+        if self.arch == "qwen3-next":
+            need(self.full_attention_interval >= 1, "full_attention_interval must be >= 1")
         if "rglru" in mixers:
             need(self.rglru_width % self.n_heads == 0, f"n_heads={self.n_heads} must divide lru_width={self.rglru_width}")
         if any(spec.ffn == "moe" for spec in specs):
@@ -236,6 +264,9 @@ def layer_pattern(config: ModelConfig) -> tuple[LayerSpec, ...]:
         "hawk": lambda i: LayerSpec("rglru", "mlp"),
         "jamba": lambda i: LayerSpec("attention" if i % config.attn_layer_period == config.attn_layer_offset else "mamba",
                                      "moe" if i % config.expert_layer_period == config.expert_layer_offset else "mlp"),
+        "gated-deltanet": lambda i: LayerSpec("gated_deltanet", "mlp"),
+        "qwen3-next": lambda i: LayerSpec("gated_attention" if (i + 1) % config.full_attention_interval == 0
+                                          else "gated_deltanet", "moe"),
     }
     return tuple(patterns[config.arch](i) for i in range(n))
 
@@ -257,20 +288,25 @@ ARCH_DEFAULTS = {
     "mamba2-ffn": dict(),
     "llama3": dict(rope_theta=500000.0),
     "mamba": dict(),
+    "gated-deltanet": dict(),
+    # Qwen3-Next: zero-centred norms, RoPE on a quarter of each head, renormalised top-k weights.
+    "qwen3-next": dict(norm_offset=True, norm_eps=1e-6, rotary_fraction=0.25, normalize_expert_weights=True),
 }
 
 SIZES = {
     # Tests and lessons: every pattern feature (window wrap, KV-sharing pairs and triples, MoE) at < 1M params.
     "tiny": dict(vocab_size=320, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, d_state=16,
                  sliding_window=8, mamba2_head_dim=16, mamba2_n_groups=2, chunk_size=8, n_experts=4,
-                 max_seq_len=512),
+                 gdn_n_heads=2, gdn_n_value_heads=4, gdn_head_dim=32, max_seq_len=512),
     # The CPU default run and the CPU comparison: about 5M params, byte-level vocabulary, 6 layers.
     "small": dict(vocab_size=320, d_model=256, n_layers=6, n_heads=4, n_kv_heads=2, d_ff=768, d_state=16,
-                  sliding_window=64, mamba2_head_dim=32, chunk_size=64, n_experts=4, max_seq_len=2048),
+                  sliding_window=64, mamba2_head_dim=32, chunk_size=64, n_experts=4, gdn_n_heads=4, gdn_n_value_heads=8,
+                  gdn_head_dim=64, max_seq_len=2048),
     # The one-GPU reproduction: about 100M params with the SmolLM tokenizer (vocab 49152), 12 layers,
     # SmolLM-135M's width and heads (576, 9 query / 3 KV heads), the window of Hymba's 300M runs (256).
     "100m": dict(vocab_size=49152, d_model=576, n_layers=12, n_heads=9, n_kv_heads=3, d_ff=2944,
-                 d_state=16, sliding_window=256, chunk_size=256, n_experts=8, max_seq_len=4096),
+                 d_state=16, sliding_window=256, chunk_size=256, n_experts=8, gdn_n_heads=9, gdn_n_value_heads=18,
+                 gdn_head_dim=64, max_seq_len=4096),
 }
 
 # Per-architecture sizes. In `small` and `100m`, the five apples-to-apples architectures (hymba, mamba2,
@@ -289,6 +325,10 @@ ARCH_SIZES = {
     ("samba", "small"): dict(d_ff=640),
     ("jamba", "small"): dict(n_layers=8, d_ff=128),
     ("mamba", "small"): dict(d_model=352),
+    # Gated DeltaNet layers as Qwen3-Next sizes them: query/key width d, value width 2d (twice the heads).
+    ("gated-deltanet", "small"): dict(d_ff=384),
+    ("qwen3-next", "tiny"): dict(n_layers=4, d_ff=32, shared_expert_d_ff=32),  # GDN, GDN, GDN, attention
+    ("qwen3-next", "small"): dict(d_ff=88, shared_expert_d_ff=88),  # the experts' width, as d_ff in Jamba
     # SmolLM's token 0 is <|endoftext|>, the document separator: its input row learns, as in every other 100m preset.
     ("hymba", "100m"): dict(d_ff=1920, embedding_padding_idx=None),
     ("mamba2", "100m"): dict(d_model=864, d_state=128, mamba2_head_dim=64),
@@ -298,6 +338,8 @@ ARCH_SIZES = {
     ("griffin", "100m"): dict(d_ff=2880),
     ("hawk", "100m"): dict(d_ff=2816),
     ("mamba", "100m"): dict(d_model=864),
+    ("gated-deltanet", "100m"): dict(d_ff=1920, chunk_size=64),  # chunks of 64, as fla's kernels take
+    ("qwen3-next", "100m"): dict(d_ff=240, shared_expert_d_ff=240, chunk_size=64),
 }
 
 # The published configurations, built on the meta device for parameter and cache accounting.
@@ -320,6 +362,12 @@ PAPER = {
     "griffin-paper": dict(vocab_size=256000, d_model=2560, n_layers=26, n_heads=10, head_dim=256, d_ff=7680,
                           lru_width=2560, sliding_window=2048, scale_embeddings=True, logit_softcap=30.0,
                           max_seq_len=8192),
+    # Qwen3-Next-80B-A3B (transformers' Qwen3NextConfig defaults and the released config; docs/delta_rule.md,
+    # "Qwen3-Next-80B-A3B"): 48 layers, 512 experts of width 512, 10 routed and one shared per token.
+    "qwen3-next-paper": dict(vocab_size=151936, d_model=2048, n_layers=48, n_heads=16, n_kv_heads=2, head_dim=256,
+                             gdn_n_heads=16, gdn_n_value_heads=32, gdn_head_dim=128, n_experts=512, experts_per_token=10,
+                             d_ff=512, shared_expert_d_ff=512, rope_theta=10_000_000.0, tie_embeddings=False,
+                             chunk_size=64, max_seq_len=262144),
 }
 
 

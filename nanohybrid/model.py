@@ -1,7 +1,7 @@
 """The language model: embedding -> (meta tokens) -> blocks by layer pattern -> norm -> LM head.
 
 Every block is pre-norm (x += mixer(norm(x)); x += ffn(norm(x))), whatever its mixer, so one Block
-class assembles all nine architectures from config.layers.
+class assembles every architecture from config.layers.
 
 Shape glossary
   b batch   l tokens in this call   M meta tokens (prepended only when the stream starts)   d d_model   V vocab
@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import Attention
+from .attention import Attention, GatedAttention
 from .cache import ForwardContext, InferenceCache
 from .config import LayerSpec, ModelConfig
+from .gated_deltanet import GatedDeltaNet
 from .hybrid_head import HybridHead
 from .layers import GatedMLP, RMSNorm
 from .mamba import Mamba, Mamba2
@@ -30,6 +31,8 @@ MIXERS = {
     "mamba": lambda config, spec, i: Mamba(config, i),
     "mamba2": lambda config, spec, i: Mamba2(config, i),
     "rglru": lambda config, spec, i: RecurrentBlock(config, i),
+    "gated_attention": lambda config, spec, i: GatedAttention(config, spec, i),
+    "gated_deltanet": lambda config, spec, i: GatedDeltaNet(config, i),
 }
 # Projections that write into the residual stream: initialised with std / sqrt(2 · n_layers) (GPT-2).
 RESIDUAL_OUTPUTS = ("out_proj.weight", "o_proj.weight", "down_proj.weight", "linear_out.weight", "ffn.down_proj")

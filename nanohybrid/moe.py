@@ -12,6 +12,10 @@ for the load-balancing loss, in the form transformers' Jamba uses (`JambaTopKRou
             f_e = (token, slot) pairs sent to e / tokens,  P_e = mean router probability of e
     A perfectly balanced router gives L_aux = k. The model adds 0.001 · L_aux to the loss.
 
+Qwen3-Next (transformers' `Qwen3NextSparseMoeBlock`) changes two things: the k weights are rescaled to
+sum to 1 (normalize_expert_weights), and a shared expert sees every token, gated per token:
+    y_t += σ(w_s · h_t) · Expert_shared(h_t)
+
 Shape glossary
   t tokens (batch × length, flattened)   d d_model   I expert hidden width   n experts   k experts per token
 """
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .config import ModelConfig
+from .layers import GatedMLP
 
 
 def route(router_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,10 +67,14 @@ class MixtureOfExperts(nn.Module):
         super().__init__()
         n, d, hidden = config.n_experts, config.d_model, config.d_ff
         self.k, self.init_std = config.experts_per_token, config.init_std
+        self.normalize = config.normalize_expert_weights
         self.router = nn.Linear(d, n, bias=False)
         self.gate_proj = nn.Parameter(torch.empty(n, hidden, d))
         self.up_proj = nn.Parameter(torch.empty(n, hidden, d))
         self.down_proj = nn.Parameter(torch.empty(n, d, hidden))
+        self.shared_expert = GatedMLP(d, config.shared_expert_d_ff, "silu", False) if config.shared_expert_d_ff else None
+        if self.shared_expert is not None:
+            self.shared_expert_gate = nn.Linear(d, 1, bias=False)
 
     def init_weights(self) -> None:
         for weight in (self.gate_proj, self.up_proj, self.down_proj):
@@ -76,5 +85,9 @@ class MixtureOfExperts(nn.Module):
         tokens = x.flatten(0, 1)
         router_logits = self.router(tokens)
         expert_weights, experts = route(router_logits, self.k)
+        if self.normalize:
+            expert_weights = expert_weights / expert_weights.sum(dim=-1, keepdim=True)
         y = ops.moe_experts(tokens, expert_weights, experts, self.gate_proj, self.up_proj, self.down_proj)
+        if self.shared_expert is not None:
+            y = y + torch.sigmoid(self.shared_expert_gate(tokens)) * self.shared_expert(tokens)
         return y.view_as(x), router_logits
