@@ -26,20 +26,24 @@ from transformers.models.llama import modeling_llama  # noqa: E402
 from transformers.models.mamba import modeling_mamba  # noqa: E402
 from transformers.models.mamba2 import modeling_mamba2  # noqa: E402
 from transformers.models.mistral import modeling_mistral  # noqa: E402
+from transformers.models.qwen3_next import modeling_qwen3_next  # noqa: E402
 from transformers.models.recurrent_gemma import modeling_recurrent_gemma  # noqa: E402
 
 
 def assert_every_parameter_copied(ours: torch.nn.Module, theirs: torch.nn.Module, source) -> None:
-    """source(our_name) -> (tensor read from `theirs`, its name there). Every parameter of ours must equal
-    its source and every parameter of theirs must be read, so that none silently stays random."""
+    """source(our_name) -> (tensor read from `theirs`, its name there, or a tuple of the names it was assembled
+    from). Every parameter of ours must equal its source and every parameter of theirs must be read, so that
+    none silently stays random."""
     their_parameters = dict(theirs.named_parameters())
     read = set()
     for name, parameter in ours.named_parameters():
-        tensor, source_name = source(name)
-        assert source_name in their_parameters, f"{name} <- {source_name}: no such parameter"
-        assert tensor.shape == parameter.shape, f"{name} <- {source_name}: {tuple(tensor.shape)} vs {tuple(parameter.shape)}"
-        assert torch.equal(tensor, parameter), f"{name} was not copied from {source_name}"
-        read.add(source_name)
+        tensor, source_names = source(name)
+        source_names = (source_names,) if isinstance(source_names, str) else source_names
+        missing = [source_name for source_name in source_names if source_name not in their_parameters]
+        assert not missing, f"{name} <- {missing}: no such parameter"
+        assert tensor.shape == parameter.shape, f"{name} <- {source_names}: {tuple(tensor.shape)} vs {tuple(parameter.shape)}"
+        assert torch.equal(tensor, parameter), f"{name} was not copied from {source_names}"
+        read.update(source_names)
     assert read == set(their_parameters), f"never read: {sorted(set(their_parameters) - read)}"
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
 
@@ -56,4 +60,4 @@ def import_mamba_ssm_references():
 
 
 __all__ = ["transformers", "modeling_jamba", "modeling_llama", "modeling_mamba", "modeling_mamba2", "modeling_mistral",
-           "modeling_recurrent_gemma", "assert_every_parameter_copied", "import_mamba_ssm_references"]
+           "modeling_qwen3_next", "modeling_recurrent_gemma", "assert_every_parameter_copied", "import_mamba_ssm_references"]
