@@ -3,6 +3,7 @@ CUDA GPU, with the optional GPU packages installed (requirements-gpu.txt). The a
 
     selective_scan   mamba_ssm's selective_scan_fn (CUDA); a decode step from a state: selective_state_update
     ssd              mamba_ssm's mamba_chunk_scan_combined (Triton: registered without mamba_ssm's CUDA build too)
+    gated_delta_rule fla's chunk_gated_delta_rule (Triton; flash-linear-attention)
     attention        flash-attn's flash_attn_func, and flash_attn_varlen_func for packed documents
     causal_conv1d    causal-conv1d's causal_conv1d_fn (CUDA)
 
@@ -12,7 +13,8 @@ names, and the auto rule then takes our Triton kernel for that call:
     drops the final state's gradient (declared: state_gradient=False; training never uses it);
   - flash-attn keeps no always-visible prefix inside a window (Hymba's meta tokens in its SWA layers),
     cannot read a ring-buffer cache (keys out of stream order), and runs in fp16/bf16 only;
-  - causal_conv1d_fn cuts the taps at documents (seq_idx) only without an initial state.
+  - causal_conv1d_fn cuts the taps at documents (seq_idx) only without an initial state;
+  - fla's chunk_gated_delta_rule takes key head dims up to 256, and no fp64 (its chunk length is its own, 64).
 
 The adapters are made from the upstream functions they are given, so tests/test_upstream.py runs them
 through the parity suite on a CPU with upstream's pure-PyTorch references standing in for the kernels.
@@ -61,6 +63,22 @@ def ssd_adapter(mamba_chunk_scan_combined):
                                              return_final_states=True)
         return y, state.float()
     return ssd
+
+
+def gated_delta_rule_adapter(chunk_gated_delta_rule):
+    """ops.gated_delta_rule from fla's chunk_gated_delta_rule: the same layout, (b, l, h, d). Our q comes scaled
+    by 1/sqrt(d_k) already (the mixer scales it), so scale=1; fla keeps its states in fp32."""
+    def gated_delta_rule(q, k, v, g, beta, chunk_size, initial_state=None):
+        o, state = chunk_gated_delta_rule(q, k, v, g, beta, scale=1.0, output_final_state=True,
+                                          initial_state=None if initial_state is None else initial_state.float())
+        return o, state.float()
+    return gated_delta_rule
+
+
+def gated_delta_rule_refusal(q, k, v, g, beta, chunk_size, initial_state):
+    if k.shape[-1] > 256:
+        return f"fla's chunk_gated_delta_rule takes key head dims up to 256 (here {k.shape[-1]})"
+    return None
 
 
 def attention_adapter(flash_attn_func, flash_attn_varlen_func):
@@ -176,6 +194,13 @@ def register_installed() -> None:
     else:
         ops.register("causal_conv1d", "upstream", devices=("cuda",), dtypes=ops.KERNEL_FLOATS,
                      refuses=causal_conv1d_refusal)(causal_conv1d_adapter(causal_conv1d_fn))
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    except ImportError:
+        pass
+    else:
+        ops.register("gated_delta_rule", "upstream", devices=("cuda",), dtypes=ops.KERNEL_FLOATS,
+                     refuses=gated_delta_rule_refusal)(gated_delta_rule_adapter(chunk_gated_delta_rule))
     try:
         from flash_attn import flash_attn_func, flash_attn_varlen_func
     except ImportError:

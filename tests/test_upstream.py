@@ -10,7 +10,7 @@ import torch
 from kernels import upstream
 from nanohybrid import ops
 from nanohybrid.tools.parity import check_implementation
-from tests.oracles import import_mamba_ssm_references
+from tests.oracles import import_mamba_ssm_references, modeling_qwen3_next
 from tests.test_oracles_mamba import reference_ssd
 
 
@@ -65,6 +65,16 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     return (out, padded[:, :, -last:]) if return_final_states else out
 
 
+def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
+    """fla's chunk_gated_delta_rule interface over transformers' torch_chunk_gated_delta_rule (Qwen3-Next's CPU
+    path), which always scales q by 1/sqrt(d_k) itself: q is given to it times scale · sqrt(d_k)."""
+    scale = k.shape[-1] ** -0.5 if scale is None else scale
+    q = q * (scale * k.shape[-1] ** 0.5)
+    return modeling_qwen3_next.torch_chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=64,
+                                                            initial_state=initial_state,
+                                                            output_final_state=output_final_state)
+
+
 def adapters():
     """op -> (adapter function, its refusals, whether its final state carries a gradient), made from the stand-ins."""
     selective_scan_ref, _ = import_mamba_ssm_references()
@@ -73,6 +83,8 @@ def adapters():
         "selective_scan": (upstream.selective_scan_adapter(selective_scan_ref, selective_state_update_ref),
                            upstream.selective_scan_refusal, False),
         "ssd": (upstream.ssd_adapter(mamba_chunk_scan_combined), None, True),
+        "gated_delta_rule": (upstream.gated_delta_rule_adapter(chunk_gated_delta_rule),
+                             upstream.gated_delta_rule_refusal, True),
         "attention": (upstream.attention_adapter(flash_attn_func, flash_attn_varlen_func), upstream.attention_refusal, True),
         "causal_conv1d": (upstream.causal_conv1d_adapter(causal_conv1d_fn), upstream.causal_conv1d_refusal, True),
     }
@@ -82,6 +94,7 @@ def adapters():
 EXPECTED = {
     "selective_scan": {"refused": {"odd length, D, z, dt bias, initial state"}, "forward only": {"one token"}},
     "ssd": {"refused": set(), "forward only": set()},
+    "gated_delta_rule": {"refused": set(), "forward only": set()},
     "attention": {"refused": {"sliding window 8, 4 meta tokens, MQA, wide values", "decoding from a ring buffer with holes"},
                   "forward only": set()},
     "causal_conv1d": {"refused": {"documents after an initial state"}, "forward only": set()},
@@ -97,6 +110,13 @@ def test_adapter_passes_the_parity_suite_on_what_it_takes(op):
     assert {c.case for c in checks if c.quantity.startswith("refused")} == EXPECTED[op]["refused"]
     assert {c.case for c in checks if c.quantity.startswith("gradients not compared")} == EXPECTED[op]["forward only"]
     assert any(c.quantity.startswith("d") for c in checks), "no gradient was compared"
+
+
+def test_fla_refuses_key_heads_wider_than_its_kernels():
+    q = k = torch.zeros(1, 4, 2, 512)
+    v, g = torch.zeros(1, 4, 2, 8), torch.zeros(1, 4, 2)
+    assert "up to 256" in upstream.gated_delta_rule_refusal(q, k, v, g, g, 64, None)
+    assert upstream.gated_delta_rule_refusal(q[..., :256], k[..., :256], v, g, g, 64, None) is None
 
 
 def test_a_wrong_axis_in_an_adapter_fails_the_suite():
@@ -131,7 +151,8 @@ def test_auto_takes_upstream_where_it_can_and_the_next_kernel_where_it_refuses(r
 
 
 @pytest.mark.parametrize("arch, selected", [("llama3", ["attention"]), ("mamba", ["selective_scan", "causal_conv1d"]),
-                                            ("mamba2", ["ssd", "causal_conv1d"]), ("griffin", ["causal_conv1d"])])
+                                            ("mamba2", ["ssd", "causal_conv1d"]), ("griffin", ["causal_conv1d"]),
+                                            ("gated-deltanet", ["gated_delta_rule", "causal_conv1d"])])
 def test_tiny_model_on_the_upstream_adapters_matches_the_reference_and_decodes_alike(registered, arch, selected):
     """Training (logits, every gradient) and cached greedy decoding with the adapter selected."""
     from nanohybrid.config import get_config
