@@ -39,6 +39,7 @@ DECODING_CASES = [(name, {}) for name in TINY] + [
     ("griffin-tiny", {"window_convention": "keys"}),
     ("llama3-tiny", {"sliding_window": 8}),  # Mistral
     ("mamba2-tiny", {"mamba2_n_groups": 1, "chunk_size": 5}),
+    ("gated-deltanet-tiny", {"n_meta_tokens": 4, "chunk_size": 5}),  # meta tokens ahead of a delta-rule state
 ]
 
 
@@ -129,7 +130,7 @@ def test_allocated_bytes_equal_the_accounting_formula(name, overrides):
         assert cache.nbytes() == cache_bytes(model.config, seen, batch=2), f"after {seen} tokens"
 
 
-@pytest.mark.parametrize("name", ["mamba-tiny", "mamba2-tiny", "hawk-tiny"])
+@pytest.mark.parametrize("name", ["mamba-tiny", "mamba2-tiny", "hawk-tiny", "gated-deltanet-tiny"])
 def test_state_space_caches_do_not_grow(name):
     model = build(name)
     sizes = []

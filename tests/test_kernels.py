@@ -38,7 +38,8 @@ def rung(*names) -> dict[str, str]:
 
 
 RUNGS = {"cpu": rung("cpu", "sdpa"), "triton": rung("triton")}
-ARCHS = ["hymba", "jamba", "griffin", "hawk", "samba", "mamba2", "mamba2-ffn", "llama3", "mamba"]
+ARCHS = ["hymba", "jamba", "griffin", "hawk", "samba", "mamba2", "mamba2-ffn", "llama3", "mamba", "gated-deltanet",
+         "qwen3-next"]
 
 
 @pytest.mark.parametrize("rung", RUNGS)

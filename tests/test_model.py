@@ -27,11 +27,13 @@ def test_changing_a_token_never_changes_earlier_logits(name):
     edited[:, changed] = (edited[:, changed] + 1) % model.config.vocab_size
     with torch.no_grad():
         before, after = model(tokens).logits, model(edited).logits
-    assert_close(after[:, :changed], before[:, :changed], 1e-6, "logits before the edit")
+    # SAME_MATH, not 0: the edited token may go to other experts, and an expert's matmul over another set of
+    # rows rounds differently (qwen3-next-100m: 1.6e-6); a future token that leaks in changes them by far more.
+    assert_close(after[:, :changed], before[:, :changed], SAME_MATH, "logits before the edit")
     assert (after[:, changed] - before[:, changed]).abs().max() > 1e-4, "the edited token itself must matter"
 
 
-@pytest.mark.parametrize("name", ["mamba-tiny", "mamba2-tiny", "hawk-tiny", "hymba-tiny"])
+@pytest.mark.parametrize("name", ["mamba-tiny", "mamba2-tiny", "hawk-tiny", "hymba-tiny", "gated-deltanet-tiny"])
 def test_recurrent_mixer_continues_from_a_random_nonzero_state(name):
     """Every recurrent mixer, started from a random (not prefix-produced) state: one call == token by token."""
     model = build(name)

@@ -48,9 +48,11 @@ def preset_table(names=None) -> str:
             ssm = f"SSD E={config.d_inner} N={config.d_state} P={config.mamba2_head_dim}"
         elif "rglru" in mixers:
             ssm = f"RG-LRU {config.rglru_width}"
+        elif "gated_deltanet" in mixers:
+            ssm = f"GDN {config.gdn_n_heads}/{config.gdn_value_heads}×{config.gdn_head_dim}"
         else:
             ssm = "–"
-        has_attention = bool(mixers & {"attention", "hymba"})
+        has_attention = bool(mixers & {"attention", "gated_attention", "hymba"})
         has_mlp = any(spec.ffn != "none" for spec in config.layers)
         experts = f" ×{config.n_experts}" if any(spec.ffn == "moe" for spec in config.layers) else ""
         params = _millions(total) + (f" ({_millions(active)} active)" if active != total else "")
@@ -84,7 +86,7 @@ def cache_bytes(config: ModelConfig, context: int, batch: int = 1, dtype=torch.f
     value_size, state_size = torch.tensor([], dtype=dtype).element_size(), torch.tensor([], dtype=state_dtype).element_size()
     n_meta, sizes = config.n_meta_tokens, {}
     for layer, spec in enumerate(config.layers):
-        if spec.mixer in ("attention", "hymba") and spec.kv_producer is None:
+        if spec.mixer in ("attention", "gated_attention", "hymba") and spec.kv_producer is None:
             distance = config.kv_cache_distance(layer)  # what the widest of the layer and its KV consumers sees
             if distance is None:
                 slots = n_meta + context
@@ -104,6 +106,9 @@ def cache_bytes(config: ModelConfig, context: int, batch: int = 1, dtype=torch.f
             state = config.d_inner * config.d_state  # H heads × P × N
         elif spec.mixer == "rglru":
             conv_channels, state = config.rglru_width, config.rglru_width
+        elif spec.mixer == "gated_deltanet":  # conv over [q | k | v]; a (d_k × d_v) state per value head
+            conv_channels = 2 * config.gdn_n_heads * config.gdn_head_dim + config.gdn_value_heads * config.gdn_v_head_dim
+            state = config.gdn_value_heads * config.gdn_head_dim * config.gdn_v_head_dim
         else:
             continue
         sizes[(layer, "conv")] = batch * conv_channels * (config.d_conv - 1) * value_size
@@ -160,19 +165,24 @@ ASSUMED_MFU = 0.4  # a typical model-FLOPs utilisation for a well-tuned 100M-par
 def training_flops_per_token(config: ModelConfig, seq_len: int) -> float:
     """Forward + backward FLOPs per token: 6 per active weight (Kaplan et al. 2020), plus attention's
     scores and weighted sum (12 · layers · context · head width), the context being the window where
-    there is one, and the SSM scans' elementwise work (about 9 FLOPs per state element and token)."""
+    there is one, the SSM scans' elementwise work (about 9 FLOPs per state element and token), and the
+    chunked gated delta rule's products per token (forward: about 4·C·(d_k + d_v) + 6·d_k·d_v per value
+    head, C the chunk, times 3 with the backward)."""
     with torch.device("meta"):
         model = LanguageModel(config)
     embedding = config.vocab_size * config.d_model * (0 if config.tie_embeddings else 1)  # a lookup is free
     flops = 6 * (model.num_parameters(active=True) - embedding)
     for spec in config.layers:
-        if spec.mixer in ("attention", "hymba"):
+        if spec.mixer in ("attention", "gated_attention", "hymba"):
             context = seq_len if spec.sliding_window is None else min(seq_len, spec.sliding_window)
             width = config.n_heads * (config.qk_head_dim + (config.d_inner // config.n_heads if spec.mixer == "hymba"
                                                             else config.qk_head_dim))
             flops += 6 * context * width  # QKᵀ and PV, each 2 FLOPs per multiply-add, times 3 for the backward
         if spec.mixer in ("mamba", "hymba", "mamba2"):
             flops += 3 * 9 * config.d_inner * config.d_state
+        if spec.mixer == "gated_deltanet":
+            key, value, chunk = config.gdn_head_dim, config.gdn_v_head_dim, min(config.chunk_size, seq_len)
+            flops += 3 * config.gdn_value_heads * (4 * chunk * (key + value) + 6 * key * value)
     return flops
 
 
