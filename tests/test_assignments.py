@@ -29,9 +29,13 @@ def in_repository_root(monkeypatch):
     monkeypatch.chdir(REPO)  # the paths below are relative, as a student types them
 
 
+CORRECT = {**{op: f"reference_solutions.py:{op}" for op in grade.ASSIGNMENTS},
+           "gated_delta_rule": "gated_delta_rule_recurrent.py:gated_delta_rule"}  # a loop, the reference is chunked
+
+
 @pytest.mark.parametrize("op", grade.ASSIGNMENTS)
 def test_a_correct_solution_passes(capsys, op):
-    status, output = run_grader(capsys, op, f"{STUDENTS}/reference_solutions.py:{op}")
+    status, output = run_grader(capsys, op, f"{STUDENTS}/{CORRECT[op]}")
     total = len(output.splitlines()) - 3  # the header, the summary and the next step around one line per check
     assert status == 0 and f"{total}/{total} checks passed" in output and "FAIL" not in output, output
     assert f"next: python train_small.py --preset={grade.PRESETS[op]} --kernels={op}=" in output
@@ -86,6 +90,8 @@ BROKEN = [  # (op, file, what the hint must say)
     ("moe_experts", "moe_experts_drops_weighting.py:moe_experts", "no gradient reaches expert_weights"),
     ("moe_experts", "moe_experts_stops_at_empty_expert.py:moe_experts", "only the case with an expert that gets no "
      "token fails: skip that expert"),
+    ("gated_delta_rule", "gated_delta_rule_wrong_gradient.py:gated_delta_rule",
+     "your forward is right but the backward isn't (dg): if you wrote a custom autograd.Function"),
 ]
 
 
@@ -95,6 +101,13 @@ def test_a_broken_solution_fails_with_a_hint_at_its_bug(capsys, op, spec, hint):
     assert status == 1 and "FAIL" in output, output
     hints = [line for line in output.splitlines() if line.startswith("hint: ")]
     assert len(hints) == 1 and hint in hints[0], output
+
+
+def test_a_wrong_gradient_fails_on_that_gradient_alone(capsys):
+    status, output = run_grader(capsys, "gated_delta_rule", f"{STUDENTS}/gated_delta_rule_wrong_gradient.py:gated_delta_rule")
+    failed = [line for line in output.splitlines() if line.startswith("FAIL")]
+    assert status == 1 and len(failed) == len(parity.CASES["gated_delta_rule"]), output
+    assert all(": dg: relative error" in line for line in failed), output
 
 
 @pytest.mark.parametrize("spec, error", [
@@ -119,6 +132,14 @@ def test_the_hint_for_failures_only_at_one_token():
     checks = [Check(case, quantity, 0.5 if case == "one token" else 0.0, 1e-4)
               for case in parity.CASES["rglru_scan"] for quantity in ("output", "final state", "dx")]
     assert grade.hints("rglru_scan", checks, "scan.py:scan", {}) == [grade.ONE_TOKEN]
+
+
+def test_the_hint_for_a_wrong_tail_of_the_delta_rule():
+    partial = ("odd length, initial state", "strong decay, chunks of 64, long, initial state")  # 37 and 100 steps
+    checks = [Check(case, quantity, 0.5 if case in partial else 0.0, 1e-4)
+              for case in parity.CASES["gated_delta_rule"] for quantity in ("output", "final state")]
+    [hint] = grade.hints("gated_delta_rule", checks, "delta.py:gated_delta_rule", {})
+    assert hint.startswith("the two cases whose last chunk is partial fail") and "pad it with g = 0 and β = 0" in hint
 
 
 def test_every_case_hint_names_cases_of_the_parity_suite():

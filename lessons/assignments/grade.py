@@ -20,9 +20,10 @@ import torch
 from nanohybrid import ops
 from nanohybrid.tools import parity
 
-ASSIGNMENTS = ("rglru_scan", "selective_scan", "attention", "moe_experts")  # each has a skeleton beside this file
+ASSIGNMENTS = ("rglru_scan", "selective_scan", "attention", "moe_experts", "gated_delta_rule")  # each has a skeleton
 PRESETS = {"rglru_scan": "hawk-small", "selective_scan": "mamba-small", "ssd": "mamba2-small",
-           "attention": "hymba-small", "moe_experts": "jamba-small"}  # a model that runs the op, for the next step
+           "attention": "hymba-small", "moe_experts": "jamba-small",
+           "gated_delta_rule": "gated-deltanet-small"}  # a model that runs the op, for the next step
 
 # What each input is for, said when no gradient reaches it: the output does not depend on it.
 INPUTS = {
@@ -44,6 +45,12 @@ INPUTS = {
                     "expert_weights": "each expert's output is multiplied by its routing weight expert_weights[t, j].",
                     **dict.fromkeys(("gate_proj", "up_proj", "down_proj"),
                                     "Expert(h) = W_down (SiLU(W_gate h) ⊙ W_up h) uses all three projections.")},
+    "gated_delta_rule": {"q": "the output reads the updated state with the query: o_t = S_tᵀ q_t.",
+                         "k": "k_t is where the pair is written: S_t gets β_t k_t (v_t − α_t S_{t-1}ᵀ k_t)ᵀ.",
+                         "v": "the correction moves what k_t reads towards v_t: β_t k_t (v_t − α_t S_{t-1}ᵀ k_t)ᵀ.",
+                         "g": "α_t = exp(g_t) decays the whole state before the correction, S ← α_t S.",
+                         "beta": "β_t scales the correction: S_t = α_t S_{t-1} + β_t k_t (v_t − α_t S_{t-1}ᵀ k_t)ᵀ.",
+                         "initial_state": "the state before the first token is S_0 = initial_state (zeros when None)."},
 }
 
 # Hints keyed by the cases that fail (in parity.CASES order), or "every case".
@@ -102,6 +109,25 @@ CASE_HINTS = {
             "(continue, not break or return); every later expert must still run.",
         ("top-2 of 4, odd token count",): "only the top-2 case fails: each token sums over all k of its slots "
                                           "(experts[:, j], expert_weights[:, j] for j < k).",
+    },
+    "gated_delta_rule": {
+        "every case": "look at one step: decay first (S ← α_t S, α_t = exp(g_t): g is log α, not α), then the "
+                      "prediction Sᵀ k_t from the decayed state, the correction S += β_t k_t (v_t − Sᵀ k_t)ᵀ, and "
+                      "o_t = S_tᵀ q_t read from the updated state; the state is (d_k × d_v), read as Sᵀ q.",
+        ("odd length, initial state", "one token", "strong decay, chunks of 64, long, initial state"):
+            "the cases with an initial state fail and the one without passes: S_0 = initial_state is decayed by "
+            "the first α_t like any state (in chunks: γ_t (Q S_0) in the outputs, −(β γ ⊙ K) S_0 in the "
+            "right-hand side, γ_C S_0 in the final state). These are also the cases whose length is not a "
+            "multiple of the chunk: pad the tail with g = 0 and β = 0 (no decay, no write), cap the chunk at the "
+            "length, and cut the padded outputs off.",
+        ("odd length, initial state", "strong decay, chunks of 64, long, initial state"):
+            "the two cases whose last chunk is partial fail (37 = 2·16 + 5, 100 = 64 + 36): look at the tail: pad "
+            "it with g = 0 and β = 0, a token that neither decays nor writes, so that the final state is the one "
+            "after the last real token, and cut the padded outputs off.",
+        ("strong decay, chunks of 64, long, initial state",):
+            "only strong decay fails (g down to -27 a step, sums over a chunk in the hundreds): take each ratio "
+            "γ_t/γ_s as exp of a segment sum Σ_{s<j≤t} g_j, -inf above the diagonal before the exp, never "
+            "exp(cumsum_t) / exp(cumsum_s) (0/0) or exp(cumsum_t − cumsum_s) unmasked (overflows above the diagonal).",
     },
 }
 ONE_TOKEN = ("only the one-token case fails: check length 1: a loop that starts at t = 1, a .squeeze() that drops "
