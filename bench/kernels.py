@@ -1,5 +1,5 @@
 """Every implementation of every op at the papers' shapes: our Triton kernels against the readable reference
-and against the upstream kernels (mamba_ssm, flash-attn, causal-conv1d), each gated on its error first.
+and against the upstream kernels (mamba_ssm, flash-attn, causal-conv1d, fla), each gated on its error first.
 
     python -m bench.kernels --device cuda            the measurement: T in {1024, 4096, 8192}, fp32 and bf16
     python -m bench.kernels --device cuda --quick    T = 1024 and 4096, bf16 only (bench/gpu_check.sh's step)
@@ -10,6 +10,8 @@ Shapes (batch 1; the op's inputs as nanohybrid.tools.parity.case_inputs makes th
   selective_scan  d_inner 3200, d_state 16: Hymba-1.5B's SSM heads (mamba_ssm's selective_scan_fn)
   ssd             50 heads × 64 = d_inner 3200, d_state 128, 1 group, chunk 256: mamba_ssm's Mamba2 defaults
   rglru_scan      width 2560: RecurrentGemma-2B, with a document starting mid-sequence
+  gated_delta_rule  32 value heads, d_k = d_v = 128, chunk 64: Qwen3-Next-80B-A3B's GDN layers (fla's
+                  chunk_gated_delta_rule)
   attention       global: 32 query heads × 128, 8 KV heads (Llama-3-8B); sliding window 1024 with 128 meta
                   tokens: 25 query heads × 64, 5 KV heads, values 128 wide (Hymba-1.5B)
   causal_conv1d   3200 channels, width 4 (Hymba-1.5B's and Mamba's conv)
@@ -43,6 +45,8 @@ SHAPES = [
      lambda T: dict(shape=(1, T, 2, 16, 1, 16, 16), initial=False)),
     ("rglru_scan", "RG-LRU", "width 2560", lambda T: dict(shape=(1, T, 2560), resets=[(0, 0), (0, T // 2)], initial=False),
      lambda T: dict(shape=(1, T, 16), resets=[(0, 0), (0, T // 2)], initial=False)),
+    ("gated_delta_rule", "gated delta rule", "32 heads, d_k = d_v = 128, chunk 64",
+     lambda T: dict(shape=(1, T, 32, 128, 128, 64), initial=False), lambda T: dict(shape=(1, T, 2, 16, 16, 16), initial=False)),
     ("attention", "attention, global", "32 × 128, 8 KV heads",
      lambda T: dict(shape=(1, 32, 8, T, T, 128, 128), layout=prefill_layout),
      lambda T: dict(shape=(1, 4, 2, T, T, 16, 16), layout=prefill_layout)),
