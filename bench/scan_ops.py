@@ -4,6 +4,7 @@
     python -m bench.scan_ops                  the measurement: T in {256, 1024, 4096}, 5 timed calls
     python -m bench.scan_ops --device cuda    adds our Triton kernels and the upstream ones (mamba_ssm's,
                                               through the registry, when installed)
+    python -m bench.scan_ops --ops ssd        only the named ops (the registry's names)
 
 Widths (paper-like, CPU-feasible; batch 2, fp32):
   S6      d_inner 512, d_state 16 (Mamba-130M: 1536, 16). Ours: nanohybrid/scan.py through the registry;
@@ -12,6 +13,9 @@ Widths (paper-like, CPU-feasible; batch 2, fp32):
           Ours chunked (the registry's), quadratic and loop (nanohybrid/ssd.py); transformers' mamba2_chunk_scan.
   RG-LRU  width 512, a document reset in row 1. Ours: nanohybrid/rglru.py through the registry;
           transformers' RecurrentGemmaRglru._rnn_scan, after the gate normalisation its forward applies.
+  Gated DeltaNet  8 heads × d_k = d_v = 64, chunk 64, q and k L2-normalised (q scaled by 1/√d_k), a non-zero
+          initial state. Ours chunked (the registry's) and the reference (nanohybrid/delta_rule.py); transformers'
+          torch_chunk_gated_delta_rule (Qwen3-Next's CPU path).
 
 Every implementation takes the same inputs (each in its own layout) and must match ours before it is timed:
 output, final state and the gradient of every input under one random upstream gradient. "forward" runs
@@ -28,14 +32,18 @@ import torch.nn.functional as F
 from bench.common import (arguments, check, format_seconds, forward_backward, measure, plot_times, setup, table,
                           write_report)
 from nanohybrid import ops
+from nanohybrid.delta_rule import gated_delta_rule
 from nanohybrid.mamba import init_dt_bias
 from nanohybrid.ssd import ssd_quadratic, ssd_recurrent
-from tests.oracles import (import_mamba_ssm_references, modeling_mamba, modeling_mamba2, modeling_recurrent_gemma,
-                           transformers)
+from tests.oracles import (import_mamba_ssm_references, modeling_mamba, modeling_mamba2, modeling_qwen3_next,
+                           modeling_recurrent_gemma, transformers)
 from tests.test_oracles_mamba import reference_s6
 
 BATCH, D_INNER, S6_STATE = 2, 512, 16
 SSD_HEADS, SSD_HEAD_DIM, SSD_STATE, SSD_CHUNK = 8, 64, 64, 64
+DELTA_HEADS, DELTA_HEAD_DIM, DELTA_CHUNK = 8, 64, 64
+LABELS = {"selective_scan": "S6 selective scan", "ssd": "SSD (Mamba-2)", "rglru_scan": "RG-LRU",
+          "gated_delta_rule": "Gated DeltaNet"}  # each op's rows
 GATE = 1e-4  # relative error, outputs and gradients: the same fp32 math in another order
 
 
@@ -70,6 +78,17 @@ def rglru_inputs(length, generator):
                 reset=reset)
 
 
+def delta_rule_inputs(length, generator):
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    heads = (BATCH, length, DELTA_HEADS)
+    return dict(q=F.normalize(randn(*heads, DELTA_HEAD_DIM), dim=-1) * DELTA_HEAD_DIM**-0.5,
+                k=F.normalize(randn(*heads, DELTA_HEAD_DIM), dim=-1), v=randn(*heads, DELTA_HEAD_DIM),
+                g=-0.5 * F.softplus(randn(*heads)), beta=torch.sigmoid(randn(*heads)),
+                initial_state=randn(BATCH, DELTA_HEADS, DELTA_HEAD_DIM, DELTA_HEAD_DIM))
+
+
 def registry(op, implementation, **fixed):
     """Our op as the model calls it: through nanohybrid.ops, with `implementation` selected."""
     def run(**inputs):
@@ -88,6 +107,13 @@ def transformers_s6(x, dt, A, B, C, D, z, dt_bias):
 def transformers_ssd(x, dt, A, B, C, initial_state):
     return modeling_mamba2.mamba2_chunk_scan(x, dt, A, B, C, SSD_CHUNK, initial_states=initial_state,
                                              return_final_states=True)
+
+
+def transformers_delta_rule(q, k, v, g, beta, initial_state):
+    """Qwen3-Next's CPU path scales q by 1/√d_k itself; ours comes scaled, so it gets q · √d_k."""
+    return modeling_qwen3_next.torch_chunk_gated_delta_rule(q * DELTA_HEAD_DIM**0.5, k, v, g, beta,
+                                                            chunk_size=DELTA_CHUNK, initial_state=initial_state,
+                                                            output_final_state=True)
 
 
 @functools.cache
@@ -118,15 +144,20 @@ def implementations(device) -> dict:
            "transformers mamba2_chunk_scan": transformers_ssd}
     rglru = {f"ours (registry: {ours})": registry("rglru_scan", ours),
              "transformers _rnn_scan": transformers_rglru}
+    delta = {f"ours chunked (registry: {ours})": registry("gated_delta_rule", ours, chunk_size=DELTA_CHUNK),
+             "ours reference": functools.partial(gated_delta_rule, chunk_size=DELTA_CHUNK),
+             "transformers torch_chunk_gated_delta_rule": transformers_delta_rule}
     if device.type == "cuda":
         ops.load_backends()
         for op, functions, fixed in (("selective_scan", s6, dict(dt_softplus=True)),
-                                     ("ssd", ssd, dict(chunk_size=SSD_CHUNK)), ("rglru_scan", rglru, {})):
+                                     ("ssd", ssd, dict(chunk_size=SSD_CHUNK)), ("rglru_scan", rglru, {}),
+                                     ("gated_delta_rule", delta, dict(chunk_size=DELTA_CHUNK))):
             for name in ("triton", "upstream"):
                 if name in ops.implementations(op):
                     label = "ours (registry: triton)" if name == "triton" else "upstream kernel (registry: upstream)"
                     functions[label] = registry(op, name, **fixed)
-    return {"S6 selective scan": (s6_inputs, s6), "SSD (Mamba-2)": (ssd_inputs, ssd), "RG-LRU": (rglru_inputs, rglru)}
+    return {"selective_scan": (s6_inputs, s6), "ssd": (ssd_inputs, ssd), "rglru_scan": (rglru_inputs, rglru),
+            "gated_delta_rule": (delta_rule_inputs, delta)}
 
 
 def run_length(op, make_inputs, functions, length, args, device, previous: dict) -> list[list]:
@@ -185,19 +216,23 @@ def run_length(op, make_inputs, functions, length, args, device, previous: dict)
 def main() -> None:
     parser = arguments(__doc__, "short sequences, few repeats")
     parser.add_argument("--max-call-seconds", type=float, default=60.0, help="skip calls expected to take longer")
+    parser.add_argument("--ops", nargs="+", choices=list(LABELS), default=list(LABELS), help="only these ops")
     args = parser.parse_args()
     device = setup(args.threads, args.device)
     lengths, args.repeats = ((128, 256), 2) if args.quick else ((256, 1024, 4096), 5)
     rows = []
-    for op, (make_inputs, functions) in implementations(device).items():
+    available = implementations(device)
+    for op in args.ops:
+        make_inputs, functions = available[op]
         previous = {}
         for length in lengths:
-            rows += run_length(op, make_inputs, functions, length, args, device, previous)
+            rows += run_length(LABELS[op], make_inputs, functions, length, args, device, previous)
     headers = ["op", "T", "implementation", "forward: median [IQR]", "fwd+bwd: median [IQR]",
                "first row faster by (fwd+bwd / fwd)", "gate"]
     settings = (f"Batch {BATCH}, fp32. S6: d_inner {D_INNER}, d_state {S6_STATE}. SSD: {SSD_HEADS} heads × "
                 f"{SSD_HEAD_DIM}, d_state {SSD_STATE}, 1 group, chunk {SSD_CHUNK}, initial state. "
-                f"RG-LRU: width {D_INNER}. "
+                f"RG-LRU: width {D_INNER}. Gated DeltaNet: {DELTA_HEADS} heads × {DELTA_HEAD_DIM}, "
+                f"chunk {DELTA_CHUNK}, initial state. "
                 f"1 warm-up call (the gate), then {args.repeats} timed calls each, interleaved. Gate: output, final "
                 f"state and input gradients within relative error {GATE:.0e} of ours (the first row of each op). "
                 f"Target: ours ≥ 10× faster than selective_scan_ref.")
