@@ -9,11 +9,13 @@ s ≤ t, γ_t = exp(Σ_{j≤t} g_j), e_s = γ_C/γ_s, the last row of Γ):
     A = strictly_lower(β ⊙ (K Kᵀ ∘ Γ))     X = [X_v | W] = (I + A)⁻¹ R,   R = [β ⊙ V | β γ ⊙ K]
     U = X_v − W S     P = Q Kᵀ ∘ Γ     O = γ ⊙ (Q S) + P U     S' = γ_C S + (e ⊙ K)ᵀ U
 
-What differs from the reference: the two right-hand sides of the UT transform are solved as one, the state
-is the only thing the chunk loop carries (O is formed for every chunk at once after it), and the backward
-is written out. Given dO and D = ∂L/∂S' (the final state's gradient for the last chunk), the backward is
-the forward's state recurrence run from the last chunk to the first (docs/ladder.md, "The backward of a
-linear recurrence"), inside which only U enters:
+What differs from the reference: T = (I + A)⁻¹ is formed once (one triangular solve) and kept for the
+backward, the two right-hand sides of the UT transform go through it as one product, Γ comes from
+kernels/ssd/cpu.py's decay_matrix (in place, one pass fewer), the state is the only thing the chunk loop
+carries (O is formed for every chunk at once after it), and the backward is written out. Given dO and
+D = ∂L/∂S' (the final state's gradient for the last chunk), the backward is the forward's state recurrence
+run from the last chunk to the first (docs/ladder.md, "The backward of a linear recurrence"), inside which
+only U enters:
 
     dU = Pᵀ dO + (e ⊙ K) D                  ∂L/∂S = γ_C D + Qᵀ (γ ⊙ dO) − Wᵀ dU    (D of the chunk before)
 
@@ -25,11 +27,11 @@ and then, every chunk at once, each quantity's gradient read off the one product
     dK gets β γ ⊙ dR_k + (E + Eᵀ) K,    E = β ⊙ (dA ∘ Γ)
 
 ((I + A) X = R gives dR = Tᵀ dX and dA = −dR Xᵀ, with T = (I + A)⁻¹ and dX = [dU | dW], dW = −dU Sᵀ; then
-dR Xᵀ = dR_v X_vᵀ − dR_v Sᵀ Wᵀ = dR_v Uᵀ: one product where two were.) The decays pass their gradients to g through
-their exponents: the segment sums log Γ[t, s] = Σ_{s<j≤t} g_j get G[t, s] = Γ[t, s] ∂L/∂Γ[t, s], that is
-dP ∘ P (from P), β ⊙ (dA ∘ Γ ∘ K Kᵀ) (from A) and e ⊙ Σ_k K ⊙ (U Dᵀ) in the last row (from e); the
-cumulative sums log γ_t = Σ_{j≤t} g_j get c_t = γ_t (Σ_k Q ⊙ (dO Sᵀ) + β Σ_k K ⊙ dR_k), and c_C also
-γ_C ⟨D, S⟩. So
+dR Xᵀ = dR_v X_vᵀ − dR_v Sᵀ Wᵀ = dR_v Uᵀ: one product where two were. The code keeps dR_v Sᵀ and dR_v Uᵀ
+and subtracts their terms.) The decays pass their gradients to g through their exponents: the segment
+sums log Γ[t, s] = Σ_{s<j≤t} g_j get G[t, s] = Γ[t, s] ∂L/∂Γ[t, s], that is dP ∘ P (from P),
+β ⊙ (dA ∘ Γ ∘ K Kᵀ) (from A) and e ⊙ Σ_k K ⊙ (U Dᵀ) in the last row (from e); the cumulative sums
+log γ_t = Σ_{j≤t} g_j get c_t = γ_t (Σ_k Q ⊙ (dO Sᵀ) + β Σ_k K ⊙ dR_k), and c_C also γ_C ⟨D, S⟩. So
 
     dg_j = Σ_{t≥j} Σ_{s<j} G[t, s] + Σ_{t≥j} c_t,
 
@@ -45,9 +47,9 @@ Shape glossary
 import torch
 import torch.nn.functional as F
 
+from kernels.ssd.cpu import decay_matrix
 from nanohybrid import ops
 from nanohybrid.delta_rule import initial_state_or_zeros
-from nanohybrid.ssd import segment_sum
 
 
 def sums_over_segments(grad_segments: torch.Tensor) -> torch.Tensor:
@@ -63,7 +65,7 @@ class ChunkedGatedDeltaRule(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, beta, initial_state):
         d_v = v.shape[-1]
-        decay_ratio = torch.exp(segment_sum(g))  # Γ, 0 above the diagonal, (b, h, c, C, C)
+        decay_ratio = decay_matrix(g)  # Γ, 0 above the diagonal, (b, h, c, C, C)
         decay_from_start = torch.exp(torch.cumsum(g, dim=-1))  # γ, (b, h, c, C)
         key_products = k @ k.transpose(-1, -2)  # K Kᵀ
         A = (beta[..., None] * key_products * decay_ratio).tril_(-1)
@@ -118,16 +120,16 @@ class ChunkedGatedDeltaRule(torch.autograd.Function):
 
         # The UT transform: X = (I + A)⁻¹ R.
         grad_rhs_v = inverse.transpose(-1, -2) @ grad_u  # dR_v = Tᵀ dU
-        grad_rhs_k = -grad_rhs_v @ starts.transpose(-1, -2)  # dR_k = Tᵀ dW = −dR_v Sᵀ
-        grad_A = (grad_rhs_v @ u.transpose(-1, -2)).neg_().tril_(-1)  # −dR Xᵀ = −dR_v Uᵀ
-        keys_rhs = (k * grad_rhs_k).sum(-1)  # Σ_k K ⊙ dR_k
-        masked = grad_A.mul_(decay_ratio)  # dA ∘ Γ, in place of dA
-        pulls = masked * key_products  # dA ∘ Γ ∘ K Kᵀ
-        grad_beta = (v * grad_rhs_v).sum(-1) + decay_from_start * keys_rhs + pulls.sum(-1)
-        weighted = beta[..., None] * masked  # E
-        grad_k += (beta * decay_from_start)[..., None] * grad_rhs_k + (weighted + weighted.transpose(-1, -2)) @ k
-        grad_segments += beta[..., None] * pulls
-        grad_cumulative += beta * decay_from_start * keys_rhs
+        # The signs: dR_k = −dR_v Sᵀ and dA = −dR_v Uᵀ, so their terms below are subtracted.
+        state_read = grad_rhs_v @ starts.transpose(-1, -2)  # dR_v Sᵀ = −dR_k
+        masked = (grad_rhs_v @ u.transpose(-1, -2)).tril_(-1).mul_(decay_ratio)  # dR_v Uᵀ ∘ Γ = −dA ∘ Γ
+        keys_read = (k * state_read).sum(-1)  # −Σ_k K ⊙ dR_k
+        pulls = masked * key_products  # −dA ∘ Γ ∘ K Kᵀ
+        grad_beta = (v * grad_rhs_v).sum(-1) - decay_from_start * keys_read - pulls.sum(-1)
+        weighted = beta[..., None] * masked  # −E
+        grad_k -= (beta * decay_from_start)[..., None] * state_read + (weighted + weighted.transpose(-1, -2)) @ k
+        grad_segments -= beta[..., None] * pulls
+        grad_cumulative -= beta * decay_from_start * keys_read
         grad_g = sums_over_segments(grad_segments) + grad_cumulative.flip(-1).cumsum(-1).flip(-1)
         return grad_q, grad_k, beta[..., None] * grad_rhs_v, grad_g, grad_beta, grad_state
 
