@@ -9,8 +9,8 @@ from lessons.run import execute, notebooks
 LESSONS = notebooks()
 
 
-def test_there_are_nine_lessons():
-    assert len(LESSONS) == 9, [path.name for path in LESSONS]
+def test_there_are_ten_lessons():
+    assert len(LESSONS) == 10, [path.name for path in LESSONS]
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=[path.stem for path in LESSONS])
