@@ -92,6 +92,10 @@ BROKEN = [  # (op, file, what the hint must say)
      "token fails: skip that expert"),
     ("gated_delta_rule", "gated_delta_rule_wrong_gradient.py:gated_delta_rule",
      "your forward is right but the backward isn't (dg): if you wrote a custom autograd.Function"),
+    ("gated_delta_rule", "gated_delta_rule_repeats_last_token.py:gated_delta_rule", "the tail is padded with g = 0 "
+     "and β = 0, a token that neither decays nor writes"),
+    ("gated_delta_rule", "gated_delta_rule_ignores_initial_state.py:gated_delta_rule", "no gradient reaches "
+     "initial_state: your output does not depend on it, and it should: the state before the first token is S_0"),
 ]
 
 
@@ -104,7 +108,8 @@ def test_a_broken_solution_fails_with_a_hint_at_its_bug(capsys, op, spec, hint):
 
 
 def test_a_wrong_gradient_fails_on_that_gradient_alone(capsys):
-    status, output = run_grader(capsys, "gated_delta_rule", f"{STUDENTS}/gated_delta_rule_wrong_gradient.py:gated_delta_rule")
+    spec = f"{STUDENTS}/gated_delta_rule_wrong_gradient.py:gated_delta_rule"
+    status, output = run_grader(capsys, "gated_delta_rule", spec)
     failed = [line for line in output.splitlines() if line.startswith("FAIL")]
     assert status == 1 and len(failed) == len(parity.CASES["gated_delta_rule"]), output
     assert all(": dg: relative error" in line for line in failed), output

@@ -115,11 +115,10 @@ CASE_HINTS = {
                       "prediction Sᵀ k_t from the decayed state, the correction S += β_t k_t (v_t − Sᵀ k_t)ᵀ, and "
                       "o_t = S_tᵀ q_t read from the updated state; the state is (d_k × d_v), read as Sᵀ q.",
         ("odd length, initial state", "one token", "strong decay, chunks of 64, long, initial state"):
-            "the cases with an initial state fail and the one without passes: S_0 = initial_state is decayed by "
-            "the first α_t like any state (in chunks: γ_t (Q S_0) in the outputs, −(β γ ⊙ K) S_0 in the "
-            "right-hand side, γ_C S_0 in the final state). These are also the cases whose length is not a "
-            "multiple of the chunk: pad the tail with g = 0 and β = 0 (no decay, no write), cap the chunk at the "
-            "length, and cut the padded outputs off.",
+            "the cases with an initial state fail and the one without passes; they are also the ones whose last "
+            "chunk is partial. Check both: S_0 = initial_state is decayed by the first α_t like any state (in "
+            "chunks: γ_t (Q S_0), −(β γ ⊙ K) S_0, γ_C S_0); the tail is padded with g = 0 and β = 0, a token that "
+            "neither decays nor writes, the chunk capped at the length and the padded outputs cut off.",
         ("odd length, initial state", "strong decay, chunks of 64, long, initial state"):
             "the two cases whose last chunk is partial fail (37 = 2·16 + 5, 100 = 64 + 36): look at the tail: pad "
             "it with g = 0 and β = 0, a token that neither decays nor writes, so that the final state is the one "
