@@ -5,17 +5,27 @@
     python -m bench.train_throughput --device cuda  the GPU section: 100m presets, reference vs Triton vs upstream
     python -m bench.train_throughput --dtype bf16   both sides' steps under bf16 autocast (the gate stays fp32)
 
-One training step = forward, cross-entropy loss (plus Jamba's router loss), backward, AdamW step. Each
-architecture's `small` preset is timed; where transformers has the same model (llama3, mamba, mamba2,
-jamba, griffin and hawk as RecurrentGemma) it is built from the same config, its weights are copied into
-ours with the tests' name mappings, and the pair must agree on the loss and on every parameter's
-gradient before either is timed. The two sides' steps are interleaved (ours, theirs, ours, ...) so that
-both see the same background load, and each reports the median of its repeats.
+One training step = forward, cross-entropy loss (plus Jamba's and Qwen3-Next's router loss), backward,
+AdamW step. Each architecture's `small` preset is timed; where transformers has the same model (llama3,
+mamba, mamba2, jamba, griffin and hawk as RecurrentGemma, gated-deltanet and qwen3-next as Qwen3-Next) it
+is built from the same config, its weights are copied into ours with the tests' name mappings, and the
+pair must agree on the loss and on every parameter's gradient before either is timed. The two sides' steps
+are interleaved (ours, theirs, ours, ...) so that both see the same background load, and each reports the
+median of its repeats.
+
+Qwen3-Next's gradients are taken from transformers' token-by-token form of the op (the oracle test's
+`recurrent_fallback`), its loss from both forms; its chunked form, the default and the one timed, builds
+every in-chunk decay as exp(G_t − G_s) of two cumulative sums, which under HF's A_log init (decays up to
+about −20 per token) lose fp32's digits: its A_log and dt_bias gradients miss an fp64 evaluation by up to
+6.5e-2 (tests/test_oracles_qwen3_next.py), and the concatenated check would hide that behind the other
+parameters' gradients. Gating against the recurrent form compares every gradient with a reference that is
+itself right; both forms compute the same function, so the timed model is the one checked.
 
 MFU (model FLOPs utilisation) = tokens/s × FLOPs per token (nanohybrid.tools.analysis.training_flops_per_token)
 ÷ the matmul peak measured in the same run and dtype (the median of large torch.matmul calls).
 """
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,9 +36,10 @@ from nanohybrid import ops
 from nanohybrid.config import ARCHITECTURES, ModelConfig, get_config
 from nanohybrid.model import LanguageModel
 from nanohybrid.tools.analysis import training_flops_per_token
-from tests import test_oracles_jamba, test_oracles_llama, test_oracles_mamba, test_oracles_recurrentgemma
-from tests.oracles import (modeling_jamba, modeling_llama, modeling_mamba, modeling_mamba2, modeling_recurrent_gemma,
-                           transformers)
+from tests import (test_oracles_jamba, test_oracles_llama, test_oracles_mamba, test_oracles_qwen3_next,
+                   test_oracles_recurrentgemma)
+from tests.oracles import (modeling_jamba, modeling_llama, modeling_mamba, modeling_mamba2, modeling_qwen3_next,
+                           modeling_recurrent_gemma, transformers)
 
 TARGETS = {"llama3": 1.0}  # speedup over transformers; every recurrent and hybrid architecture: 1.5
 TARGET_MFU = 0.5  # llama3-small
@@ -45,6 +56,7 @@ class Upstream:
     read: Callable[[str, dict, ModelConfig], torch.Tensor]  # (our name, HF tensors by name, config) -> tensor
     our_overrides: dict  # conventions ours must switch to, to be the same function as transformers'
     kwargs: dict  # extra arguments of the HF forward pass
+    gradient_form: Callable | None = None  # a context in which transformers computes the gate's gradients instead
 
 
 def llama(c):
@@ -91,8 +103,29 @@ def recurrent_gemma(c):
         use_cache=False))
 
 
+def qwen3_next(c):
+    """Qwen3NextForCausalLM for `qwen3-next`, and for `gated-deltanet`: every layer linear attention, dense MLPs."""
+    kinds = {"gated_deltanet": "linear_attention", "gated_attention": "full_attention"}
+    return modeling_qwen3_next.Qwen3NextForCausalLM(transformers.Qwen3NextConfig(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, head_dim=c.qk_head_dim,
+        linear_num_key_heads=c.gdn_n_heads, linear_num_value_heads=c.gdn_value_heads,
+        linear_key_head_dim=c.gdn_head_dim, linear_value_head_dim=c.gdn_v_head_dim, linear_conv_kernel_dim=c.d_conv,
+        num_experts=c.n_experts, num_experts_per_tok=c.experts_per_token, moe_intermediate_size=c.d_ff,
+        shared_expert_intermediate_size=c.shared_expert_d_ff, norm_topk_prob=c.normalize_expert_weights,
+        layer_types=[kinds[spec.mixer] for spec in c.layers],
+        mlp_only_layers=[i for i, spec in enumerate(c.layers) if spec.ffn == "mlp"], rms_norm_eps=c.norm_eps,
+        router_aux_loss_coef=c.router_aux_loss_coef, max_position_embeddings=c.max_seq_len,
+        rope_parameters=dict(rope_type="default", rope_theta=c.rope_theta, partial_rotary_factor=c.rotary_fraction),
+        tie_word_embeddings=c.tie_embeddings, use_cache=False, pad_token_id=None))
+
+
 def by_name(mapping):
     return lambda name, tensors, config: tensors[mapping(name)]
+
+
+def qwen3_next_weight(name, tensors, config):
+    return test_oracles_qwen3_next.hf_weight(name, tensors, config)[0]
 
 
 UPSTREAM = {
@@ -103,6 +136,10 @@ UPSTREAM = {
                       dict(output_router_logits=True)),
     "griffin": Upstream(recurrent_gemma, by_name(test_oracles_recurrentgemma.hf_name), RECURRENT_GEMMA, {}),
     "hawk": Upstream(recurrent_gemma, by_name(test_oracles_recurrentgemma.hf_name), RECURRENT_GEMMA, {}),
+    "gated-deltanet": Upstream(qwen3_next, qwen3_next_weight, dict(norm_offset=True), {},
+                               test_oracles_qwen3_next.recurrent_fallback),
+    "qwen3-next": Upstream(qwen3_next, qwen3_next_weight, {}, dict(output_router_logits=True),
+                           test_oracles_qwen3_next.recurrent_fallback),
 }
 
 
@@ -125,16 +162,23 @@ def with_kernels(selection: str, function):
     return run
 
 
-def gate(ours, hf, our_loss_of, their_loss_of, read) -> bool:
-    """Same loss and same gradients (all parameters, under our names, concatenated) on the benchmark batch."""
-    our_loss, their_loss = our_loss_of(ours), their_loss_of(hf)
+def gate(ours, hf, our_loss_of, their_loss_of, read, gradient_form=None) -> bool:
+    """Same loss and same gradients (all parameters, under our names, concatenated) on the benchmark batch.
+    With a `gradient_form`, transformers' loss is checked in its default form (the one timed) and in that one,
+    and its gradients are taken in that one."""
+    our_loss, ok = our_loss_of(ours), True
+    if gradient_form:
+        with torch.no_grad():
+            ok = check("loss, transformers' default form", our_loss, their_loss_of(hf), GATE)
+    with gradient_form() if gradient_form else contextlib.nullcontext():
+        their_loss = their_loss_of(hf)
     our_loss.backward()
     their_loss.backward()
     their_grads = {name: p.grad for name, p in hf.named_parameters()}
     names = [name for name, _ in ours.named_parameters()]
     grads = torch.cat([ours.get_parameter(name).grad.flatten() for name in names])
     expected = torch.cat([read(name, their_grads, ours.config).flatten() for name in names])
-    ok = check("loss", our_loss, their_loss, GATE) & check("gradients", grads, expected, GATE)
+    ok &= check("loss", our_loss, their_loss, GATE) & check("gradients", grads, expected, GATE)
     ours.zero_grad(set_to_none=True)
     hf.zero_grad(set_to_none=True)
     return ok
@@ -173,7 +217,8 @@ def run(arch: str, size: str, args, device, peak: float, kernels: dict[str, str]
                               for name in ours.state_dict()})
         for label, selection in kernels.items():
             print(f"{arch}: {label} against transformers' {type(hf).__name__}")
-            passed[label] = with_kernels(selection, lambda: gate(ours, hf, our_loss, their_loss, upstream.read))()
+            passed[label] = with_kernels(selection, lambda: gate(ours, hf, our_loss, their_loss, upstream.read,
+                                                                    upstream.gradient_form))()
         steps["transformers"] = training_step(hf, torch.optim.AdamW(hf.parameters(), lr=1e-4), their_loss, device,
                                               args.bf16)
     else:
