@@ -53,3 +53,31 @@ def test_orderings_are_read_against_the_paper():
     rows = orderings(results).splitlines()[2:]
     assert [row.split(" | ")[3] for row in rows] == ["+1.0", "+1.0"]
     assert rows[0].split(" | ")[1] == "hymba, mamba2, llama3, samba, mamba2-ffn"
+
+
+def test_recall_models_are_two_layers_and_qwen3_next_keeps_its_attention():
+    """Zoology's depth for every recall model; Qwen3-Next's every-4th attention layer would leave none of 2."""
+    from nanohybrid.tools.compare import RECALL_ALSO, TABLE_3_ARCHITECTURES, recall_config
+
+    assert set(RECALL_ALSO) == {"gated-deltanet", "qwen3-next"} and not set(RECALL_ALSO) & set(TABLE_3_ARCHITECTURES)
+    assert all(recall_config(arch).n_layers == 2 for arch in TABLE_3_ARCHITECTURES + RECALL_ALSO)
+    assert [spec.mixer for spec in recall_config("qwen3-next").layers] == ["gated_deltanet", "gated_attention"]
+    assert [spec.mixer for spec in recall_config("gated-deltanet").layers] == ["gated_deltanet"] * 2
+
+
+def test_recall_only_rows_follow_the_five_and_stay_out_of_the_orderings(tmp_path):
+    from nanohybrid.tools.compare import MQAR_SETTINGS, PAPER_TABLE_3, write_report
+
+    results = [dict(arch=arch, parameters=5e6, val_loss=ppl / 10, tokens_per_second=1000.0,
+                    mqar=dict.fromkeys(MQAR_SETTINGS, recall / 100)) for arch, (ppl, recall) in PAPER_TABLE_3.items()]
+    recall_only = [dict(arch="gated-deltanet", mqar=dict(zip(MQAR_SETTINGS, (1.0, 0.5, 0.3)))),
+                   dict(arch="qwen3-next", mqar=dict.fromkeys(MQAR_SETTINGS, 0.99))]
+    markdown = write_report(results, tmp_path, recall_only)
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == [*PAPER_TABLE_3, "gated-deltanet", "qwen3-next"]
+    header, deltanet = rows[0].split(","), dict(zip(rows[0].split(","), rows[-2].split(",")))
+    assert deltanet["MQAR l=48 D=6"] == "0.500" and deltanet["MQAR mean"] == "0.600"
+    assert all(deltanet[column] == "–" for column in header if column != "arch" and not column.startswith("MQAR"))
+    orderings = markdown.split("Orderings of the five")[1]
+    assert "hymba" in orderings and "gated-deltanet" not in orderings and "qwen3-next" not in orderings
+    assert (tmp_path / "comparison.png").stat().st_size > 0

@@ -181,7 +181,7 @@ def test_empty_and_unreadable_corpora_are_clear_errors(tmp_path):
         assert result.returncode != 0 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_compare_trains_the_five_and_writes_its_report(tmp_path, corpus, monkeypatch):
+def test_compare_trains_the_five_and_writes_its_report_with_the_recall_rows(tmp_path, corpus, monkeypatch):
     import nanohybrid.tools.compare as compare
     monkeypatch.setattr(compare, "MQAR_STEPS", 10)
     out = tmp_path / "compare"
@@ -189,7 +189,10 @@ def test_compare_trains_the_five_and_writes_its_report(tmp_path, corpus, monkeyp
                       f"--out={out}", *TINY_RUN])
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0].startswith("arch,parameters (M),val loss,val ppl") and "MQAR l=64 D=8" in rows[0]
-    assert [row.split(",")[0] for row in rows[1:]] == ["hymba", "mamba2", "mamba2-ffn", "llama3", "samba"]
+    assert [row.split(",")[0] for row in rows[1:]] == ["hymba", "mamba2", "mamba2-ffn", "llama3", "samba",
+                                                        "gated-deltanet", "qwen3-next"]
+    recall_only = [dict(zip(rows[0].split(","), row.split(","))) for row in rows[-2:]]
+    assert all(row["val loss"] == "–" and 0 <= float(row["MQAR mean"]) <= 1 for row in recall_only)
     assert (out / "comparison.png").stat().st_size > 0 and (out / "results.md").read_text().startswith("| arch |")
     assert all((out / f"{arch}-tiny" / "latest").exists() for arch in compare.TABLE_3_ARCHITECTURES)
 
