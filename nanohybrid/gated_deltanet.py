@@ -40,8 +40,9 @@ class GatedDeltaNet(nn.Module):
         self.heads, self.value_heads = config.gdn_n_heads, config.gdn_value_heads
         self.key_head_dim, self.value_head_dim = config.gdn_head_dim, config.gdn_v_head_dim
         key_width, value_width = self.heads * self.key_head_dim, self.value_heads * self.value_head_dim
-        self.split_sizes = [key_width, key_width, value_width, value_width, self.value_heads, self.value_heads]
-        self.in_proj = nn.Linear(config.d_model, sum(self.split_sizes), bias=False)  # q, k, v, z, b, a
+        self.qkv_sizes = [key_width, key_width, value_width]
+        self.split_sizes = [sum(self.qkv_sizes), value_width, self.value_heads, self.value_heads]  # [q | k | v], z, b, a
+        self.in_proj = nn.Linear(config.d_model, sum(self.split_sizes), bias=False)
         self.conv1d = CausalConv1d(2 * key_width + value_width, config.d_conv, bias=False)
         self.A_log = nn.Parameter(torch.empty(self.value_heads))
         self.dt_bias = nn.Parameter(torch.empty(self.value_heads))
@@ -56,9 +57,9 @@ class GatedDeltaNet(nn.Module):
 
     def forward(self, hidden: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # (b, l, d) -> (b, l, d)
         state = ctx.state((self.layer_idx, "ssm"))
-        q, k, v, z, b, a = self.in_proj(hidden).split(self.split_sizes, dim=-1)
-        qkv, conv_state = self.conv1d(torch.cat([q, k, v], dim=-1), None if state is None else state.conv)
-        q, k, v = F.silu(qkv).split(self.split_sizes[:3], dim=-1)
+        qkv, z, b, a = self.in_proj(hidden).split(self.split_sizes, dim=-1)
+        qkv, conv_state = self.conv1d(qkv, None if state is None else state.conv)
+        q, k, v = F.silu(qkv).split(self.qkv_sizes, dim=-1)
         q, k = (t.unflatten(-1, (self.heads, self.key_head_dim)) for t in (q, k))  # (b, l, H, d_k)
         v = v.unflatten(-1, (self.value_heads, self.value_head_dim))  # (b, l, H_v, d_v)
         q, k = l2_normalize(q) * self.key_head_dim**-0.5, l2_normalize(k)
