@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from nanohybrid import ops
-from nanohybrid.config import get_config
 from nanohybrid.generate import check_length, check_sampling, decode, prefill_prompts
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.tokenizer import load_tokenizer
 from nanohybrid.tools.training import load_model
 

@@ -26,9 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nanohybrid import ops
-from nanohybrid.config import get_config
 from nanohybrid.generate import generate
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.compare import RECALL_ALSO
 from nanohybrid.tools.compare import TABLE_3_ARCHITECTURES as COMPARED
 from nanohybrid.tools.compare import train_mqar, write_report

@@ -24,9 +24,10 @@ import sys
 import torch
 
 from bench.common import arguments, exponent, figure, log_log, peak, reset_peak, save_figure, setup, table, write_report
-from nanohybrid.config import ARCHITECTURES, get_config
+from nanohybrid.config import ARCHITECTURES
 from nanohybrid.generate import prefill
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 
 CALLS = ("forward", "prefill")
 WARMUP_TOKENS = 16

@@ -29,9 +29,10 @@ import torch
 
 from bench.common import (arguments, exponent, figure, log_log, peak, reset_peak, save_figure, setup, synchronize,
                           table, write_report)
-from nanohybrid.config import ARCHITECTURES, get_config
+from nanohybrid.config import ARCHITECTURES
 from nanohybrid.generate import prefill
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.analysis import cache_bytes
 
 BEND = 0.3  # smallest change of the local exponent reported as a bend

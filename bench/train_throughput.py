@@ -33,8 +33,9 @@ import torch
 
 from bench.common import arguments, check, figure, measure, save_figure, setup, table, write_report
 from nanohybrid import ops
-from nanohybrid.config import ARCHITECTURES, ModelConfig, get_config
+from nanohybrid.config import ARCHITECTURES, ModelConfig
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.analysis import training_flops_per_token
 from tests import (test_oracles_jamba, test_oracles_llama, test_oracles_mamba, test_oracles_qwen3_next,
                    test_oracles_recurrentgemma)

@@ -9,8 +9,8 @@ from torch.utils._pytree import tree_flatten
 
 from nanohybrid.attention import attention_mask, scaled_dot_product_attention
 from nanohybrid.cache import EMPTY, ForwardContext
-from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 

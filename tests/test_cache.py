@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from nanohybrid.cache import InferenceCache
-from nanohybrid.config import ARCHITECTURES, PRESETS, LayerSpec, ModelConfig, get_config
+from nanohybrid.config import ARCHITECTURES, LayerSpec, ModelConfig
 from nanohybrid.generate import decode, prefill, prefill_prompts
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import PRESETS, get_config
 from nanohybrid.tools.analysis import cache_bytes, published_cache_table
 from nanohybrid.tools.testing import SAME_MATH, assert_close
 

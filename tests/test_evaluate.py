@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.evaluate import PAPER_COLUMNS, harness_model, main, paper_table
 from nanohybrid.tools.tokenizer import ByteTokenizer
 from nanohybrid.tools.training import make_optimizer, save_checkpoint

@@ -6,8 +6,8 @@ import torch
 
 from nanohybrid.attention import AttentionCore
 from nanohybrid.cache import ForwardContext, InferenceCache
-from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 
@@ -158,7 +158,7 @@ def test_the_padding_token_row_learns_only_from_the_tied_lm_head():
 
 
 def test_only_hymba_presets_set_a_padding_token():
-    from nanohybrid.config import PRESETS
+    from nanohybrid.presets import PRESETS
 
     for name in PRESETS:  # hymba-100m: SmolLM's token 0 is <|endoftext|>, the document separator
         expected = 0 if name.startswith("hymba-") and name != "hymba-100m" else None

@@ -48,8 +48,8 @@ def test_every_tiny_preset_runs_forward_and_backward_on_each_rung(arch, rung):
     """The whole model with every op on one rung (the CPU fast paths, or the Triton kernels): logits and
     every parameter gradient match the model on the readable references (fp32; bound KERNEL_FP32, as each
     kernel's own parity)."""
-    from nanohybrid.config import get_config
     from nanohybrid.model import LanguageModel
+    from nanohybrid.presets import get_config
     from nanohybrid.tools.parity import assert_model_matches_reference
 
     torch.manual_seed(0)

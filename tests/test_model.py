@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from nanohybrid.cache import ForwardContext, InferenceCache, RecurrentState
-from nanohybrid.config import ARCHITECTURES, PRESETS, get_config
+from nanohybrid.config import ARCHITECTURES
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import PRESETS, get_config
 from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 TRAINABLE_PRESETS = [name for name in PRESETS if not name.endswith(("-paper", "-paper-3b"))]

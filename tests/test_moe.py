@@ -4,9 +4,9 @@ computation, and the load-balancing loss pooled over all MoE layers."""
 import torch
 import torch.nn.functional as F
 
-from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
 from nanohybrid.moe import MixtureOfExperts, load_balancing_loss, moe_experts, route
+from nanohybrid.presets import get_config
 from nanohybrid.tools.testing import SAME_MATH, assert_close
 
 

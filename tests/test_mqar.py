@@ -4,8 +4,8 @@ that learns the task (it solves it with an induction head: find the key, copy wh
 import pytest
 import torch
 
-from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.mqar import IGNORE, mqar_accuracy, mqar_batch
 
 

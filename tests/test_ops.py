@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from nanohybrid import ops
-from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.parity import check_implementation
 from nanohybrid.tools.testing import SAME_MATH, assert_close
 

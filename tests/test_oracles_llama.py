@@ -15,8 +15,8 @@ costs 1e-3 or more. A window of the other convention ("distance": one key more) 
 import pytest
 import torch
 
-from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.testing import SAME_MATH, assert_close, relative_error
 from tests.oracles import assert_every_parameter_copied, modeling_llama, modeling_mistral, transformers
 

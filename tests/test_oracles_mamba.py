@@ -27,8 +27,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.scan import selective_scan
 from nanohybrid.ssd import ssd_chunked, ssd_quadratic
 from nanohybrid.tools.testing import SAME_MATH, assert_close, relative_error

@@ -27,8 +27,8 @@ import copy
 import pytest
 import torch
 
-from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.testing import SAME_MATH, assert_close, relative_error
 from tests.oracles import assert_every_parameter_copied, modeling_qwen3_next, transformers
 

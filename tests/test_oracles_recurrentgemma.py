@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 import nanohybrid.rglru
-from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.testing import SAME_MATH, assert_close, relative_error
 from tests.oracles import assert_every_parameter_copied, modeling_recurrent_gemma, transformers
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import sample
-from nanohybrid.config import get_config
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.training import make_optimizer, save_checkpoint
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import train_small
-from nanohybrid.config import get_config
 from nanohybrid.generate import sample_next
 from nanohybrid.model import LanguageModel
+from nanohybrid.presets import get_config
 from nanohybrid.tools.training import load_model, make_optimizer, read_metrics, save_checkpoint
 from tests.test_train import TINY_RUN, crash_at_step, metrics
 

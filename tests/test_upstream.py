@@ -155,9 +155,9 @@ def test_auto_takes_upstream_where_it_can_and_the_next_kernel_where_it_refuses(r
                                             ("gated-deltanet", ["gated_delta_rule", "causal_conv1d"])])
 def test_tiny_model_on_the_upstream_adapters_matches_the_reference_and_decodes_alike(registered, arch, selected):
     """Training (logits, every gradient) and cached greedy decoding with the adapter selected."""
-    from nanohybrid.config import get_config
     from nanohybrid.generate import decode, prefill
     from nanohybrid.model import LanguageModel
+    from nanohybrid.presets import get_config
     from nanohybrid.tools.parity import assert_model_matches_reference
 
     torch.manual_seed(0)

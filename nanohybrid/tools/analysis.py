@@ -16,8 +16,9 @@ import argparse
 
 import torch
 
-from ..config import ARCHITECTURES, PRESETS, ModelConfig, get_config
+from ..config import ARCHITECTURES, ModelConfig
 from ..model import LanguageModel
+from ..presets import PRESETS, get_config
 from ..scan import implicit_attention
 
 CATEGORIES = ("Meta", "BOS", "Self", "Cross")

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig, get_config
+from ..config import ModelConfig
 from ..model import LanguageModel
+from ..presets import get_config
 from .mqar import mqar_accuracy, mqar_batch
 
 TABLE_3_ARCHITECTURES = ("hymba", "mamba2", "mamba2-ffn", "llama3", "samba")
