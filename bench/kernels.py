@@ -6,7 +6,7 @@ and against the upstream kernels (mamba_ssm, flash-attn, causal-conv1d, fla), ea
     python -m bench.kernels                          on a CPU (with or without --quick): toy widths, the kernels
                                                      in Triton's interpreter; checks the script, times mean nothing
 
-Shapes (batch 1; the op's inputs as nanohybrid.tools.parity.case_inputs makes them, no initial state, as in training):
+Shapes (batch 1; the op's inputs as nanohybrid.tools.parity_cases.case_inputs makes them, no initial state, as in training):
   selective_scan  d_inner 3200, d_state 16: Hymba-1.5B's SSM heads (mamba_ssm's selective_scan_fn)
   ssd             50 heads × 64 = d_inner 3200, d_state 128, 1 group, chunk 256: mamba_ssm's Mamba2 defaults
   rglru_scan      width 2560: RecurrentGemma-2B, with a document starting mid-sequence
@@ -30,8 +30,8 @@ import torch
 
 from bench.common import arguments, forward_backward, measure, plot_times, setup, table, write_report
 from nanohybrid import ops
-from nanohybrid.tools.parity import (BF16_FACTOR, KERNEL_FP32, case_inputs, compare, positional_arguments,
-                                     prefill_layout, prepare)
+from nanohybrid.tools.parity import BF16_FACTOR, KERNEL_FP32, compare, positional_arguments, prepare
+from nanohybrid.tools.parity_cases import case_inputs, prefill_layout
 from nanohybrid.tools.testing import relative_error
 
 TARGET_UPSTREAM_RATIO = 1.5  # our Triton kernel's fwd+bwd time over the upstream kernel's, at most

@@ -138,7 +138,8 @@ def registered(monkeypatch):
 
 
 def test_auto_takes_upstream_where_it_can_and_the_next_kernel_where_it_refuses(registered):
-    from nanohybrid.tools.parity import CASES, case_inputs, positional_arguments
+    from nanohybrid.tools.parity import positional_arguments
+    from nanohybrid.tools.parity_cases import CASES, case_inputs
     def arguments(case):
         inputs = case_inputs("attention", CASES["attention"][case], torch.Generator().manual_seed(0))
         return positional_arguments("attention", inputs)
