@@ -24,8 +24,8 @@ def selected(op, device="cpu", dtype=torch.float32):
 
 
 def test_cpu_defaults_are_the_cpu_fast_paths_sdpa_for_attention_else_the_reference():
-    expected = {"selective_scan": "cpu", "ssd": "cpu", "rglru_scan": "cpu", "gated_delta_rule": "cpu", "attention": "sdpa",
-                "moe_experts": "reference", "causal_conv1d": "cpu", "rms_norm": "cpu"}
+    expected = {"selective_scan": "cpu", "ssd": "cpu", "rglru_scan": "cpu", "gated_delta_rule": "cpu",
+                "attention": "sdpa", "moe_experts": "reference", "causal_conv1d": "cpu", "rms_norm": "cpu"}
     assert {op: selected(op) for op in ops.OPS} == expected
 
 
