@@ -182,6 +182,9 @@ class ModelConfig:
                 period, offset = getattr(self, f"{kind}_layer_period"), getattr(self, f"{kind}_layer_offset")
                 need(0 <= offset < period, f"{kind}_layer_offset={offset} must be at least 0 and below "
                      f"{kind}_layer_period={period} (the layers where i % period == offset)")
+        if self.arch == "qwen3-next":
+            need(self.full_attention_interval >= 1,
+                 f"full_attention_interval={self.full_attention_interval}: must be at least 1 (attention every n-th layer)")
         specs = self.layers
         mixers = {spec.mixer for spec in specs}
         for i, spec in enumerate(specs):
@@ -212,8 +215,6 @@ class ModelConfig:
             need(self.gdn_value_heads % self.gdn_n_heads == 0,
                  f"gdn_n_heads={self.gdn_n_heads} must divide gdn_n_value_heads={self.gdn_value_heads}")
             need(self.chunk_size >= 1, "chunk_size must be >= 1")
-        if self.arch == "qwen3-next":
-            need(self.full_attention_interval >= 1, "full_attention_interval must be >= 1")
         if "rglru" in mixers:
             need(self.rglru_width % self.n_heads == 0, f"n_heads={self.n_heads} must divide lru_width={self.rglru_width}")
         if any(spec.ffn == "moe" for spec in specs):

@@ -119,6 +119,8 @@ def test_inconsistent_attention_config_fails_at_construction(overrides, message)
     ("jamba-tiny", dict(experts_per_token=5), "experts_per_token=5 must be between 1 and n_experts=4"),
     ("griffin-tiny", dict(lru_width=66), "must divide lru_width=66"),
     ("samba-tiny", dict(sliding_window=None), "samba needs sliding_window"),
+    ("gated-deltanet-tiny", dict(gdn_n_value_heads=3), "gdn_n_heads=2 must divide gdn_n_value_heads=3"),
+    ("qwen3-next-tiny", dict(chunk_size=0), "chunk_size must be >= 1"),
 ])
 def test_inconsistent_mixer_config_fails_at_construction(name, overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -131,6 +133,7 @@ def test_inconsistent_mixer_config_fails_at_construction(name, overrides, messag
     ("jamba-tiny", dict(expert_layer_offset=-1), r"expert_layer_offset=-1 must be at least 0 and below expert_layer_period=2"),
     ("griffin-tiny", dict(block_types=("recurrent", "local")), r'block_types=recurrent,local: .* "recurrent" or "attention"'),
     ("griffin-tiny", dict(block_types=()), r"block_types=: name one or more blocks"),
+    ("qwen3-next-tiny", dict(full_attention_interval=0), r"full_attention_interval=0: must be at least 1"),
 ])
 def test_a_layer_pattern_that_cannot_be_built_is_refused_in_one_line(name, overrides, message):
     with pytest.raises(ValueError, match=message) as refused:
