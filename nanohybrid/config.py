@@ -184,7 +184,7 @@ class ModelConfig:
                      f"{kind}_layer_period={period} (the layers where i % period == offset)")
         if self.arch == "qwen3-next":
             need(self.full_attention_interval >= 1,
-                 f"full_attention_interval={self.full_attention_interval}: must be at least 1 (attention every n-th layer)")
+                 f"full_attention_interval={self.full_attention_interval}: must be at least 1 (attention every n-th)")
         specs = self.layers
         mixers = {spec.mixer for spec in specs}
         for i, spec in enumerate(specs):
@@ -212,11 +212,16 @@ class ModelConfig:
                  f"mamba2_n_groups={self.mamba2_n_groups} must divide the {self.mamba2_n_heads} Mamba-2 heads")
             need(self.chunk_size >= 1, "chunk_size must be >= 1")
         if "gated_deltanet" in mixers:
+            sizes = dict(gdn_n_heads=self.gdn_n_heads, gdn_n_value_heads=self.gdn_value_heads,
+                         gdn_head_dim=self.gdn_head_dim, gdn_value_head_dim=self.gdn_v_head_dim)
+            need(min(sizes.values()) >= 1,
+                 ", ".join(f"{name}={value}" for name, value in sizes.items()) + ": each must be >= 1")
             need(self.gdn_value_heads % self.gdn_n_heads == 0,
                  f"gdn_n_heads={self.gdn_n_heads} must divide gdn_n_value_heads={self.gdn_value_heads}")
             need(self.chunk_size >= 1, "chunk_size must be >= 1")
         if "rglru" in mixers:
             need(self.rglru_width % self.n_heads == 0, f"n_heads={self.n_heads} must divide lru_width={self.rglru_width}")
+        need(self.shared_expert_d_ff >= 0, f"shared_expert_d_ff={self.shared_expert_d_ff}: must be >= 0 (0: no shared expert)")
         if any(spec.ffn == "moe" for spec in specs):
             need(1 <= self.experts_per_token <= self.n_experts,
                  f"experts_per_token={self.experts_per_token} must be between 1 and n_experts={self.n_experts}")

@@ -121,6 +121,8 @@ def test_inconsistent_attention_config_fails_at_construction(overrides, message)
     ("samba-tiny", dict(sliding_window=None), "samba needs sliding_window"),
     ("gated-deltanet-tiny", dict(gdn_n_value_heads=3), "gdn_n_heads=2 must divide gdn_n_value_heads=3"),
     ("qwen3-next-tiny", dict(chunk_size=0), "chunk_size must be >= 1"),
+    ("gated-deltanet-tiny", dict(gdn_n_heads=0), "gdn_n_heads=0, .*: each must be >= 1"),
+    ("qwen3-next-tiny", dict(shared_expert_d_ff=-1), "shared_expert_d_ff=-1: must be >= 0"),
 ])
 def test_inconsistent_mixer_config_fails_at_construction(name, overrides, message):
     with pytest.raises(ValueError, match=message):
