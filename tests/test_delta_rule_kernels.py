@@ -1,6 +1,6 @@
 """The gated delta rule's fast rungs (kernels/gated_delta_rule/): the CPU form's hand-written backward
 against finite differences. Their parity with the reference (outputs, final states, every gradient) is
-tests/test_kernels.py's, over the cases of nanohybrid/tools/parity.py."""
+tests/test_kernels.py's, over the cases of nanohybrid/tools/parity_cases.py."""
 
 import torch
 import torch.nn.functional as F
