@@ -74,6 +74,12 @@ def gated_delta_recurrent(q, k, v, g, beta, initial_state=None):
     return torch.stack(outputs, dim=1).to(v.dtype), state
 
 
+def to_chunks(t: torch.Tensor, chunk: int, dtype: torch.dtype) -> torch.Tensor:
+    """(b, l, h, ...) -> (b, h, c, C, ...) in `dtype`, the tail padded with zeros to whole chunks of C."""
+    t = F.pad(t.to(dtype), (0, 0) * (t.dim() - 2) + (0, -t.shape[1] % chunk))
+    return t.unflatten(1, (-1, chunk)).movedim(3, 1)
+
+
 @ops.register("gated_delta_rule", "reference")
 def gated_delta_rule(q, k, v, g, beta, chunk_size, initial_state=None):
     """The chunked form (module docstring): the UT transform inside chunks of C positions, the state passed
@@ -82,14 +88,7 @@ def gated_delta_rule(q, k, v, g, beta, chunk_size, initial_state=None):
     length, dtype = q.shape[1], ops.compute_dtype(v)
     state, outputs = initial_state_or_zeros(k, v, initial_state), []
     chunk = min(chunk_size, length)
-    pad = -length % chunk
-
-    def chunks(t):  # (b, l, h, ...) -> (b, h, c, C, ...), the tail padded with zeros
-        t = F.pad(t.to(dtype), (0, 0) * (t.dim() - 2) + (0, pad))
-        return t.unflatten(1, (-1, chunk)).movedim(3, 1)
-
-    q, k, v = chunks(q), chunks(k), chunks(v)  # (b, h, c, C, d)
-    g, beta = chunks(g), chunks(beta)  # (b, h, c, C)
+    q, k, v, g, beta = (to_chunks(t, chunk, dtype) for t in (q, k, v, g, beta))  # (b, h, c, C, d), (b, h, c, C)
     segments = segment_sum(g)  # log(γ_t/γ_s) = Σ_{s<j≤t} g_j, -inf above the diagonal, (b, h, c, C, C)
     decay_ratio = torch.exp(segments)  # Γ: γ_t/γ_s for s ≤ t, 0 above the diagonal
     decay_from_start = torch.exp(torch.cumsum(g, dim=-1))  # γ_t, (b, h, c, C)

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from kernels.ssd.cpu import decay_matrix
 from nanohybrid import ops
-from nanohybrid.delta_rule import initial_state_or_zeros
+from nanohybrid.delta_rule import initial_state_or_zeros, to_chunks
 
 
 def sums_over_segments(grad_segments: torch.Tensor) -> torch.Tensor:
@@ -140,12 +140,6 @@ def gated_delta_rule(q, k, v, g, beta, chunk_size, initial_state=None):
     (b, h, d_k, d_v). The tail is padded with zeros (g = 0, β = 0: the state is left as it is)."""
     length, dtype = q.shape[1], ops.compute_dtype(v)
     chunk = min(chunk_size, length)
-    pad = -length % chunk
-
-    def chunks(t):  # (b, l, h, ...) -> (b, h, c, C, ...), contiguous
-        t = F.pad(t.to(dtype), (0, 0) * (t.dim() - 2) + (0, pad))
-        return t.unflatten(1, (-1, chunk)).movedim(3, 1).contiguous()
-
-    o, state = ChunkedGatedDeltaRule.apply(*(chunks(t) for t in (q, k, v, g, beta)),
-                                           initial_state_or_zeros(k, v, initial_state))
+    chunked = (to_chunks(t, chunk, dtype).contiguous() for t in (q, k, v, g, beta))
+    o, state = ChunkedGatedDeltaRule.apply(*chunked, initial_state_or_zeros(k, v, initial_state))
     return o.flatten(2, 3).transpose(1, 2)[:, :length].to(v.dtype), state
